@@ -62,5 +62,7 @@ def log_abs_det_jacobian(fn: Callable, x: torch.Tensor, method: str = "auto") ->
     """
     jac = jacobian(fn, x, method)
     if jac.shape[-1] != jac.shape[-2]:
-        raise ValueError(f"the Jacobian is not square: {tuple(jac.shape[1:])}; a bijection keeps the dimension")
+        raise ValueError(
+            f"the Jacobian is not square: {tuple(jac.shape[1:])}; a bijection keeps the dimension"
+        )
     return torch.linalg.slogdet(jac)[1]

@@ -39,9 +39,7 @@ def data_shape(dim_or_shape: int | Sequence[int]) -> tuple[int, ...]:
     else:
         shape = tuple(int(s) for s in dim_or_shape)
     if len(shape) not in (1, 3) or any(s <= 0 for s in shape):
-        raise ValueError(
-            f"expected a data dimension (int) or an image shape (C, H, W), got {dim_or_shape!r}"
-        )
+        raise ValueError(f"expected a data dimension (int) or an image shape (C, H, W), got {dim_or_shape!r}")
     return shape
 
 

@@ -59,7 +59,9 @@ def check_log_det(layer: nn.Module, x: torch.Tensor, direction: str = "forward",
     with torch.no_grad():
         _, log_det = fn(x64)
     expected = log_abs_det_jacobian(fn, x64)
-    assert_close(log_det, expected, f"{type(layer).__name__}.{direction} log_det vs brute-force Jacobian", atol, 1e-6)
+    assert_close(
+        log_det, expected, f"{type(layer).__name__}.{direction} log_det vs brute-force Jacobian", atol, 1e-6
+    )
 
 
 def check_inverse(layer: nn.Module, x: torch.Tensor, atol=1e-6) -> None:
@@ -120,7 +122,12 @@ def check_dtype_device(layer: nn.Module, x: torch.Tensor) -> None:
         with torch.no_grad():
             z, log_det = trial(xt)
             x_back, log_det_back = trial.inverse(z)
-        for label, t in (("z", z), ("log_det", log_det), ("inverse x", x_back), ("inverse log_det", log_det_back)):
+        for label, t in (
+            ("z", z),
+            ("log_det", log_det),
+            ("inverse x", x_back),
+            ("inverse log_det", log_det_back),
+        ):
             if t.dtype != dtype or t.device != x.device:
                 raise AssertionError(
                     f"{name}: {label} is {t.dtype} on {t.device}, expected {dtype} on {x.device}"
@@ -132,7 +139,9 @@ def check_dtype_device(layer: nn.Module, x: torch.Tensor) -> None:
             )
 
 
-def check_flow(layer: nn.Module, x: torch.Tensor, make_layer: Callable[[], nn.Module] | None = None, atol=1e-6):
+def check_flow(
+    layer: nn.Module, x: torch.Tensor, make_layer: Callable[[], nn.Module] | None = None, atol=1e-6
+):
     """All of the above: log_det in both directions, inverse, gradients, dtype/device, state_dict."""
     check_dtype_device(layer, x)
     check_log_det(layer, x, "forward", atol)

@@ -29,14 +29,20 @@ class Planar(Flow):
         super().__init__()
         self.dim = dim
         self.inverse_iterations = inverse_iterations
+        self.margin = 1e-4
         self.u = nn.Parameter(torch.randn(dim) * 0.1)
         self.w = nn.Parameter(torch.randn(dim) * 0.1)
         self.b = nn.Parameter(torch.zeros(()))
 
     def u_hat(self) -> torch.Tensor:
-        """``u`` moved along ``w`` so that ``u_hat . w = -1 + softplus(u . w) > -1``."""
+        """``u`` moved along ``w`` so that ``u_hat . w = -1 + margin + softplus(u . w) > -1``.
+
+        The small margin keeps ``1 + h' u_hat . w`` away from zero in float32, where
+        ``softplus`` of a very negative number rounds to nothing.
+        """
         wu = self.w @ self.u
-        return self.u + (-1 + F.softplus(wu) - wu) * self.w / (self.w @ self.w)
+        target = -1 + self.margin + F.softplus(wu)
+        return self.u + (target - wu) * self.w / (self.w @ self.w)
 
     def forward(self, x):
         if x.dim() != 2 or x.shape[1] != self.dim:

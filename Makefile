@@ -1,0 +1,46 @@
+# The course in two commands: `make book` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help book test lint format unit clean distclean
+
+help:
+	@echo "make book   build the executed book into _build/html (creates $(VENV) on first use)"
+	@echo "make test   lint, unit tests, notebook checks, book build and browser checks"
+	@echo "make format apply ruff's formatting and safe fixes"
+	@echo "make clean  remove the built book and caches"
+
+# A local CPU wheel of torch (a pip find-links folder, as on the course's CI machines) is taken
+# when there is one: it installs in seconds where a CUDA build is gigabytes. Elsewhere pip
+# installs an ordinary torch from PyPI with the other requirements.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "Python >= 3.10 is needed; set PYTHON=/path/to/python3.x"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import torch' 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet --no-index --no-deps 'torch>=2.1' 2>/dev/null || \
+		echo "no local torch wheel: pip will install torch from PyPI"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+book: $(STAMP)
+	$(BIN)/python tools/build_book.py --strict
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info
