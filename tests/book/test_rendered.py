@@ -86,7 +86,7 @@ def rendered_dom(chromium: str, url: str) -> str:
 
 
 class _Page(HTMLParser):
-    """Collects what the checks need from a rendered DOM."""
+    """Collects what the checks need from a rendered DOM: images, classes, tags, prose text."""
 
     def __init__(self):
         super().__init__()
@@ -94,8 +94,10 @@ class _Page(HTMLParser):
         self.classes: list[str] = []
         self.tags: list[str] = []
         self.ranges = 0
-        self.text: list[str] = []
+        self.text: list[str] = []  # prose
+        self.all_text: list[str] = []  # prose, code and outputs
         self._skip = 0
+        self._script = 0
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -105,16 +107,23 @@ class _Page(HTMLParser):
             self.images.append(attrs.get("src") or "")
         if tag == "input" and attrs.get("type") == "range":
             self.ranges += 1
-        if tag in ("script", "style"):
+        # Prose only: code listings legitimately contain TeX strings and the word Traceback.
+        if tag in ("script", "style", "pre", "code"):
             self._skip += 1
+        if tag in ("script", "style"):
+            self._script += 1
 
     def handle_endtag(self, tag):
-        if tag in ("script", "style") and self._skip:
+        if tag in ("script", "style", "pre", "code") and self._skip:
             self._skip -= 1
+        if tag in ("script", "style") and self._script:
+            self._script -= 1
 
     def handle_data(self, data):
         if not self._skip:
             self.text.append(data)
+        if not self._script:
+            self.all_text.append(data)
 
 
 def _parse(dom: str) -> _Page:
@@ -130,7 +139,7 @@ def pages(chromium, served_book):
 
 def test_every_page_renders_without_error_output(pages):
     for name, page in pages.items():
-        text = " ".join(page.text)
+        text = " ".join(page.all_text)
         assert "Traceback (most recent call last)" not in text, f"{name} shows a traceback"
         bad = {"traceback", "stderr", "mjx-merror"} & set(page.classes) | {"mjx-merror"} & set(page.tags)
         assert not bad, f"{name} shows error output: {bad}"

@@ -1,0 +1,400 @@
+"""The shared training loop: fitting, seeding, resuming, the NaN guard, early stopping, files."""
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from coursepkg import Compose, Flow, NormalizingFlow, StandardNormal
+from coursepkg import layers as L
+from coursepkg.training import (
+    History,
+    NonFiniteLossError,
+    default_loss,
+    evaluate,
+    load_or_train,
+    train,
+)
+
+QUIET = dict(device="cpu", progress=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Threads only add contention for models this small (tenfold on a busy two-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_flow(dim=2, seed=0):
+    """An affine flow: it can represent every Gaussian, and nothing else."""
+    torch.manual_seed(seed)
+    return NormalizingFlow(Compose(L.ElementwiseAffine(dim), L.LULinear(dim)), StandardNormal(dim))
+
+
+def gaussian_sample(n=512, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.tensor([[2.0, 0.0], [1.2, 0.5]])
+    return torch.randn(n, 2, generator=g) @ mixing.T + torch.tensor([3.0, -2.0])
+
+
+def gaussian_nll(x):
+    """The lowest mean NLL a Gaussian reaches on ``x``: that of its maximum-likelihood fit."""
+    cov = torch.cov(x.T.double(), correction=0)
+    return 0.5 * torch.logdet(2 * math.pi * math.e * cov).item()
+
+
+def assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def without_time(history):
+    d = history.to_dict()
+    d.pop("elapsed")
+    return d
+
+
+class Noise:
+    """Dequantization-like preprocessing; optionally crashes like a dying session."""
+
+    def __init__(self, crash_after=None):
+        self.calls = 0
+        self.crash_after = crash_after
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.crash_after is not None and self.calls > self.crash_after:
+            raise KeyboardInterrupt
+        return x + 0.05 * torch.randn_like(x)
+
+
+def test_training_reaches_the_gaussian_nll():
+    data = gaussian_sample()
+    model = make_flow()
+    before = evaluate(model, data)
+    history = train(model, data, steps=100, batch_size=128, lr=0.1, scheduler="cosine", **QUIET)
+    after = evaluate(model, data)
+    best = gaussian_nll(data)
+    assert before > best + 2
+    assert after == pytest.approx(best, abs=0.02)
+    assert history.steps == list(range(10, 101, 10))
+    assert history.train_loss[-1] < history.train_loss[0] - 2
+    assert history.best_step is None and history.val_loss == []
+    assert not model.training
+
+
+def test_same_seed_gives_identical_runs_and_another_seed_does_not():
+    data = gaussian_sample()
+    results = []
+    for seed in (0, 0, 1):
+        model = make_flow()
+        torch.randn(7)  # whatever happened before must not matter
+        history = train(model, data, steps=15, batch_size=64, lr=0.01, seed=seed, preprocess=Noise(), **QUIET)
+        results.append((model, history))
+    (a, ha), (b, hb), (c, hc) = results
+    assert_same_state(a, b)
+    assert ha.train_loss == hb.train_loss
+    assert not torch.equal(a.transform.layers[0].shift, c.transform.layers[0].shift)
+    assert ha.train_loss != hc.train_loss
+
+
+@pytest.mark.parametrize("interruption", ["shorter run", "crash"])
+def test_resumed_run_matches_an_uninterrupted_one_bitwise(tmp_path, interruption):
+    data, val = gaussian_sample(), gaussian_sample(100, seed=2)
+    # Log, validation and checkpoint periods that do not divide the interruption step.
+    kw = dict(val_data=val, batch_size=48, lr=0.02, log_every=4, eval_every=7, patience=10, **QUIET)
+    reference = make_flow()
+    expected = train(reference, data, steps=30, preprocess=Noise(), **kw)
+
+    path = tmp_path / "run.ckpt"
+    first = make_flow()
+    if interruption == "shorter run":
+        partial = train(first, data, steps=13, preprocess=Noise(), checkpoint=path, checkpoint_every=5, **kw)
+        assert partial.steps[-1] == 13 and partial.val_steps[-1] == 13  # end-of-run extras
+    else:
+        with pytest.raises(KeyboardInterrupt):  # dies in step 18, after the checkpoint of step 15
+            train(
+                first,
+                data,
+                steps=30,
+                preprocess=Noise(crash_after=18),
+                checkpoint=path,
+                checkpoint_every=5,
+                **kw,
+            )
+
+    torch.manual_seed(1234)  # a new session: other random state, other initial weights
+    resumed = make_flow(seed=99)
+    history = train(resumed, data, steps=30, preprocess=Noise(), checkpoint=path, checkpoint_every=5, **kw)
+    assert_same_state(resumed, reference)
+    assert without_time(history) == without_time(expected)
+
+
+def test_finished_checkpoint_returns_its_history_without_training(tmp_path):
+    calls = []
+
+    def counting_loss(model, x):
+        calls.append(len(x))
+        return default_loss(model, x)
+
+    data, path = gaussian_sample(), tmp_path / "run.ckpt"
+    kw = dict(batch_size=64, lr=0.02, loss_fn=counting_loss, checkpoint=path, **QUIET)
+    model = make_flow()
+    first = train(model, data, steps=10, **kw)
+    assert len(calls) == 10
+
+    again = make_flow(seed=5)
+    second = train(again, data, steps=10, **kw)
+    assert len(calls) == 10
+    assert_same_state(again, model)
+    assert second == first
+
+    longer = train(again, data, steps=14, **kw)  # a larger `steps` trains on from the checkpoint
+    assert len(calls) == 14
+    assert longer.steps == [10, 14]
+
+
+class BreaksAfter(Flow):
+    """The identity, until its ``n``-th call returns NaN."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        z = x * math.nan if self.calls >= self.n else x
+        return z, x.new_zeros(x.shape[0])
+
+    def inverse(self, z):
+        return z, z.new_zeros(z.shape[0])
+
+
+def test_nan_guard_names_the_step_and_the_first_bad_layer():
+    torch.manual_seed(0)
+    model = NormalizingFlow(Compose(L.ElementwiseAffine(2), BreaksAfter(5), L.LULinear(2)), StandardNormal(2))
+    with pytest.raises(NonFiniteLossError) as info:
+        train(model, gaussian_sample(), steps=20, batch_size=32, **QUIET)
+    error = info.value
+    assert error.step == 5
+    assert error.layer == "transform.layers.1"
+    assert "loss became nan at step 5" in str(error)
+    assert "transform.layers.1 (BreaksAfter)" in str(error)
+    assert all(not m._forward_hooks for m in model.modules())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert pickle.loads(pickle.dumps(error)).layer == "transform.layers.1"
+
+
+def test_nan_guard_blames_the_data_when_it_holds_inf():
+    data = gaussian_sample()
+    data[100, 1] = math.inf
+    with pytest.raises(NonFiniteLossError, match="batch itself contains non-finite values") as info:
+        train(make_flow(), data, steps=20, batch_size=64, **QUIET)
+    assert info.value.layer is None
+    assert info.value.step <= 8  # the first epoch holds the bad sample
+    assert "epoch 1" in str(info.value)
+
+
+def test_nan_guard_reports_an_overflowing_loss_and_a_bad_gradient():
+    data = gaussian_sample()
+    with pytest.raises(NonFiniteLossError, match="loss became inf at step 1.*loss itself overflowed"):
+        train(make_flow(), data, steps=5, loss_fn=lambda m, x: default_loss(m, x) * 1e38 * 1e38, **QUIET)
+
+    def sqrt_at_zero(model, x):  # finite value, NaN gradient: d sqrt(u)/du is infinite at 0
+        shift = model.transform.layers[0].shift
+        return default_loss(model, x) + torch.sqrt(shift - shift).sum()
+
+    with pytest.raises(NonFiniteLossError, match="gradient norm became nan at step 1") as info:
+        train(make_flow(), data, steps=5, loss_fn=sqrt_at_zero, **QUIET)
+    assert info.value.layer == "transform.layers.0"
+    assert "gradients: transform.layers.0.shift." in str(info.value)  # that one only
+
+
+@pytest.mark.parametrize("patience", [2, None])
+def test_the_best_validation_state_is_restored(patience):
+    torch.manual_seed(0)
+    train_set = 0.1 * torch.randn(16, 2)  # narrow: fitting it makes the wide validation set unlikely
+    val = torch.randn(256, 2)
+    model = make_flow()
+    steps = 40
+    history = train(
+        model, train_set, val_data=val, steps=steps, lr=0.05, eval_every=5, patience=patience, **QUIET
+    )
+    best = history.val_loss.index(min(history.val_loss))
+    assert history.best_val_loss == history.val_loss[best]
+    assert history.best_step == history.val_steps[best]
+    assert history.val_loss[-1] > history.best_val_loss + 0.1
+    assert evaluate(model, val) == pytest.approx(history.best_val_loss, rel=1e-6, abs=1e-6)
+    if patience is None:
+        assert not history.stopped_early and history.val_steps[-1] == steps
+    else:
+        assert history.stopped_early and history.steps[-1] < steps
+        assert len(history.val_steps) == best + 1 + patience
+
+
+def test_validation_preprocess_draws_its_noise_once():
+    noise = Noise()
+    val = gaussian_sample(200, seed=3)
+    model = make_flow()
+    history = train(
+        model, gaussian_sample(), val_data=val, preprocess=noise, steps=20, batch_size=32, lr=0.0,
+        eval_every=5, **QUIET,
+    )  # fmt: skip
+    assert noise.calls == 1 + 20  # the validation set once, then every training batch
+    assert len(set(history.val_loss)) == 1  # lr=0: same model, and the same validation points
+    assert evaluate(model, val, preprocess=noise) == history.val_loss[0]
+    assert evaluate(model, val) != history.val_loss[0]
+
+
+class Toy:
+    def __init__(self):
+        self.generators = []
+
+    def sample(self, n, generator=None):
+        self.generators.append(generator)
+        return 2 * torch.randn(n, 2, generator=generator) + 1
+
+
+class ToyWithoutGenerator:
+    def sample(self, n):
+        return 2 * torch.randn(n, 2) + 1
+
+
+@pytest.mark.parametrize("kind", ["tensor", "sampler", "sampler without generator", "function"])
+def test_every_kind_of_data_trains(kind):
+    toy = Toy()
+    data = {
+        "tensor": 2 * torch.randn(300, 2, dtype=torch.float64) + 1,  # float64 is cast to the model's dtype
+        "sampler": toy,
+        "sampler without generator": ToyWithoutGenerator(),
+        "function": lambda n: 2 * torch.randn(n, 2) + 1,
+    }[kind]
+    history = train(make_flow(), data, steps=40, batch_size=64, lr=0.05, log_every=10, **QUIET)
+    assert history.train_loss[-1] < history.train_loss[0]
+    if kind == "sampler":
+        assert len(toy.generators) == 40 and all(isinstance(g, torch.Generator) for g in toy.generators)
+
+
+@pytest.mark.parametrize(
+    "data, error, words",
+    [
+        ([[0.0, 1.0]], TypeError, "got list. Stack"),
+        (np.zeros((4, 2), dtype=np.float32), TypeError, "torch.as_tensor"),
+        (torch.tensor(1.0), ValueError, "at least one sample"),
+        (Toy, TypeError, "did you mean Toy()"),
+        (lambda n: [0.0] * n, TypeError, "returned list"),
+    ],
+)
+def test_unusable_data_raises_a_clear_error(data, error, words):
+    with pytest.raises(error, match=r"tensor") as info:
+        train(make_flow(), data, steps=2, **QUIET)
+    assert words in str(info.value)
+
+
+def test_bad_arguments_raise_clear_errors():
+    data = gaussian_sample()
+    with pytest.raises(ValueError, match="patience needs val_data"):
+        train(make_flow(), data, steps=2, patience=3, **QUIET)
+    with pytest.raises(ValueError, match="'cosine'"):
+        train(make_flow(), data, steps=2, scheduler="linear", **QUIET)
+    with pytest.raises(TypeError, match="no log_prob"):
+        train(torch.nn.Linear(2, 2), data, steps=2, **QUIET)
+    with pytest.raises(ValueError, match="forget .mean"):
+        train(make_flow(), data, steps=2, loss_fn=lambda m, x: -m.log_prob(x), **QUIET)
+
+
+def test_load_or_train_trains_once_then_loads(tmp_path, capsys):
+    calls = []
+
+    def counting_loss(model, x):
+        calls.append(len(x))
+        return default_loss(model, x)
+
+    data, path = gaussian_sample(), tmp_path / "models" / "flow.pt"
+    kw = dict(steps=20, batch_size=64, lr=0.02, loss_fn=counting_loss, **QUIET)
+    model = make_flow()
+    trained = load_or_train(path, model, data, **kw)
+    assert len(calls) == 20
+    assert path.exists() and not (tmp_path / "models" / "flow.pt.ckpt").exists()
+    capsys.readouterr()
+
+    fresh = make_flow(seed=7)
+    loaded = load_or_train(path, fresh, data, **kw)
+    assert len(calls) == 20
+    assert f"loaded trained model from {path}" in capsys.readouterr().out
+    assert_same_state(fresh, model)
+    assert loaded == trained and not fresh.training
+
+    with pytest.raises(RuntimeError, match="does not match.*Delete the file"):
+        load_or_train(path, make_flow(dim=3), data, **kw)
+
+
+def test_clip_grad_bounds_the_update():
+    data = gaussian_sample()  # far from the initial model: large gradients
+    moved = {}
+    for clip in (1e-3, None):
+        model = make_flow()
+        before = torch.nn.utils.parameters_to_vector(model.parameters()).clone()
+        sgd = torch.optim.SGD(model.parameters(), lr=1.0)
+        train(model, data, steps=1, optimizer=sgd, clip_grad=clip, **QUIET)
+        moved[clip] = (torch.nn.utils.parameters_to_vector(model.parameters()) - before).norm().item()
+    assert moved[1e-3] <= 1e-3 * 1.001
+    assert moved[None] > 0.1
+
+
+def test_cosine_schedule_anneals_to_zero():
+    history = train(
+        make_flow(), gaussian_sample(), steps=20, lr=0.1, scheduler="cosine", log_every=1, **QUIET
+    )
+    assert history.lr[0] == pytest.approx(0.1)
+    assert history.lr == sorted(set(history.lr), reverse=True)  # strictly decreasing
+    assert history.lr[-1] < 1e-3
+
+
+def test_progress_bar_shows_unless_switched_off(capsys, monkeypatch):
+    data = gaussian_sample()
+    monkeypatch.delenv("COURSEPKG_PROGRESS", raising=False)
+    train(make_flow(), data, steps=3, device="cpu", progress=False)
+    assert capsys.readouterr() == ("", "")
+    train(make_flow(), data, steps=3, device="cpu", progress=True, desc="fitting")
+    assert "fitting" in capsys.readouterr().err
+    monkeypatch.setenv("COURSEPKG_PROGRESS", "0")
+    train(make_flow(), data, steps=3, device="cpu", progress=True)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_evaluate_is_an_exact_mean_in_eval_mode_without_gradients():
+    seen = []
+
+    def loss_fn(model, x):
+        seen.append((model.training, torch.is_grad_enabled()))
+        return default_loss(model, x)
+
+    data = gaussian_sample()
+    model = make_flow()
+    model.train()
+    model.transform.layers[0].eval()
+    value = evaluate(model, data, batch_size=100, loss_fn=loss_fn)  # batches of 100, ..., 100, 12
+    assert seen == [(False, False)] * 6
+    assert model.training and not model.transform.layers[0].training
+    assert value == pytest.approx(-model.log_prob(data).double().mean().item(), rel=1e-6)
+
+
+def test_history_round_trips_and_summarises():
+    history = train(
+        make_flow(), gaussian_sample(), val_data=gaussian_sample(64, seed=4), steps=20, eval_every=10, **QUIET
+    )
+    assert History.from_dict(history.to_dict()) == history
+    assert pickle.loads(pickle.dumps(history)) == history
+    json.dumps(history.to_dict())
+    summary = repr(history)
+    assert summary.startswith("History(20 steps") and "best val loss" in summary and len(summary) < 120
