@@ -325,7 +325,9 @@ def plot_samples(
 
 
 def plot_histogram_1d(x, ax=None, bins: int = 100, bounds=None, **kw):
-    """Density-normalised histogram (area 1) of 1-D samples ``x``, shape ``(N,)`` or ``(N, 1)``.
+    """Density histogram of 1-D samples ``x``, shape ``(N,)`` or ``(N, 1)``: bar height is the
+    fraction of all samples in the bin divided by its width, so the bars estimate the density even
+    when ``bounds`` leaves some samples out.
 
     ``bounds = (min, max)`` sets the histogram's range and the view; the other keyword
     arguments go to ``Axes.hist`` (default ``alpha=0.5``, so a density curve drawn on the same
@@ -337,7 +339,14 @@ def plot_histogram_1d(x, ax=None, bins: int = 100, bounds=None, **kw):
     value_range = _bounds_1d(bounds) if bounds is not None else None
     kw.setdefault("alpha", 0.5)
     ax = _new_ax(ax)
-    ax.hist(values.reshape(-1), bins=bins, range=value_range, density=True, **kw)
+    flat = values.reshape(-1)
+    if value_range is None:
+        ax.hist(flat, bins=bins, density=True, **kw)
+    else:
+        # density=True would normalise by the samples inside the range only, inflating the bars
+        # when mass lies outside; weight each sample by 1 / (N * bin width) instead.
+        width = (value_range[1] - value_range[0]) / bins
+        ax.hist(flat, bins=bins, range=value_range, weights=np.full(flat.size, 1 / (flat.size * width)), **kw)
     if value_range is not None:
         ax.set_xlim(*value_range)
     return ax
