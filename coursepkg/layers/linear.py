@@ -35,7 +35,9 @@ class Linear(Flow):
         super().__init__()
         if weight is None:
             weight = torch.linalg.qr(torch.randn(dim, dim))[0]
-        weight = torch.as_tensor(weight, dtype=torch.get_default_dtype())
+        weight = torch.as_tensor(weight)
+        if not weight.is_floating_point():
+            weight = weight.to(torch.get_default_dtype())
         if weight.shape != (dim, dim):
             raise ValueError(f"weight must have shape ({dim}, {dim}), got {tuple(weight.shape)}")
         self.dim = dim

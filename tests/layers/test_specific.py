@@ -113,3 +113,10 @@ def test_logit_layer_gives_density_on_unit_square_that_integrates_to_one():
     edge = math.log(0.95 / 0.05)
     mass = math.erf(edge / math.sqrt(2))
     assert abs(density.mean().item() - mass) < 1e-4
+
+
+def test_linear_keeps_a_float64_weight_exact():
+    weight = torch.tensor([[1.0 + 1e-12, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    layer = L.Linear(2, weight=weight)
+    assert layer.weight.dtype == torch.float64
+    assert layer.weight[0, 0].item() == 1.0 + 1e-12
