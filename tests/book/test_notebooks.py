@@ -94,3 +94,17 @@ def test_cited_keys_exist_in_references_bib():
         for keys in re.findall(r"\{(?:foot)?cite(?::\w+)?\}`([^`]+)`", text):
             for key in keys.split(","):
                 assert key.strip() in known, f"{path.name} cites {key.strip()!r}, not in references.bib"
+
+
+def test_every_theorem_and_definition_has_a_unique_label():
+    # sphinx-proof numbers unlabeled directives per page and then reports duplicates across pages.
+    seen = {}
+    for path in NOTEBOOKS:
+        for cell in _read(path).cells:
+            lines = cell.source.split("\n") if cell.cell_type == "markdown" else []
+            for i, line in enumerate(lines):
+                if re.match(r"^\s*(```+|:::+)\{prf:(?!proof)", line):
+                    label = lines[i + 1].strip() if i + 1 < len(lines) else ""
+                    assert label.startswith(":label:"), f"{path.name}: `{line.strip()}` needs a :label:"
+                    assert label not in seen, f"{label} is used in {seen[label]} and {path.name}"
+                    seen[label] = path.name
