@@ -4,12 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help book test lint format unit clean distclean
+.PHONY: help book test lint format clean distclean exercises solutions
 
 help:
 	@echo "make book   build the executed book into _build/html (creates $(VENV) on first use)"
 	@echo "make test   lint, unit tests, notebook checks, book build and browser checks"
 	@echo "make format apply ruff's formatting and safe fixes"
+	@echo "make exercises  generate exercises/ (and the grader's references) from solutions/"
+	@echo "make solutions  re-execute solutions/ to store their check outputs, then make exercises"
 	@echo "make clean  remove the built book and caches"
 
 # A local CPU wheel of torch (a pip find-links folder, as on the course's CI machines) is taken
@@ -27,6 +29,14 @@ $(STAMP): pyproject.toml
 
 book: $(STAMP)
 	$(BIN)/python tools/build_book.py --strict
+
+exercises: $(STAMP)
+	$(BIN)/python -m coursepkg.grading.generate
+
+# After editing a solution: execute it, keep its check cells' outputs, regenerate exercises/.
+solutions: $(STAMP)
+	$(BIN)/python -m coursepkg.grading.record solutions/*.ipynb
+	$(BIN)/python -m coursepkg.grading.generate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

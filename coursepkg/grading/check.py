@@ -1,0 +1,227 @@
+"""The self-check a student runs inside a notebook (also on Colab, where no notebook file exists).
+
+    from coursepkg.grading import check
+    check("ch01-density")   # one exercise
+    check("ch01")           # every exercise of a set
+    check()                 # every exercise of the set this notebook's definitions belong to
+
+The exercise's tests run in the notebook's own process on the objects it has defined (the globals
+of ``__main__``), are compared with the packaged reference solution, and a verdict per test is
+printed with its points. The random state of the notebook is left as it was. Unlike the grader,
+nothing is sandboxed: an infinite loop is stopped with the kernel's interrupt button. Check cells
+are compared only when the whole notebook is graded.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["check", "CheckSummary"]
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_REFERENCE: dict[tuple, tuple[dict, dict]] = {}
+
+
+@dataclass
+class CheckSummary:
+    """What :func:`check` found: ``score`` and ``max_score`` over the tests it ran."""
+
+    target: str
+    results: list = field(default_factory=list)  # report.TestResult
+
+    @property
+    def score(self) -> float:
+        return sum(r.points for r in self.results)
+
+    @property
+    def max_score(self) -> float:
+        return sum(r.max_points for r in self.results)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def __repr__(self) -> str:
+        return f"<check {self.target}: {self.score:g} / {self.max_score:g} points>"
+
+    def _ipython_display_(self) -> None:
+        """The verdict is already printed; show nothing more in a notebook."""
+
+
+def _is_student_frame(filename: str) -> bool:
+    return not (
+        filename.startswith(_PACKAGE_DIR)
+        or "site-packages" in filename
+        or "dist-packages" in filename
+        or filename.startswith("<frozen")
+    )
+
+
+@contextmanager
+def _preserve_rng():
+    import torch
+
+    python_state = random.getstate()
+    numpy = sys.modules.get("numpy")
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    devices = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        devices = list(range(torch.cuda.device_count()))
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        if numpy is not None and numpy_state is not None:
+            numpy.random.set_state(numpy_state)
+
+
+def _reference(exercise_set) -> tuple[dict, dict]:
+    """The reference namespace of a set and a cache of its probe values."""
+    key = (exercise_set.name, str(exercise_set.reference_path))
+    if key not in _REFERENCE:
+        source = exercise_set.reference_source()
+        namespace: dict[str, Any] = {"__name__": f"coursepkg_reference_{exercise_set.name}"}
+        with _preserve_rng():
+            exec(compile(source, f"<reference {exercise_set.name}>", "exec"), namespace)
+        _REFERENCE[key] = (namespace, {})
+    return _REFERENCE[key]
+
+
+def _run(test, namespace: dict) -> tuple[str, Any]:
+    """``("ok", value)`` or ``(status, message)`` for one probe, run in this process."""
+    from .runner import _format_exception, _plain
+    from .spec import MissingName, Namespace, missing_message
+
+    missing = [n for n in test.requires if n not in namespace]
+    if missing:
+        available = [n for n in namespace if not n.startswith("_")]
+        return "fail", "; ".join(missing_message(n, available) for n in missing)
+    try:
+        with _preserve_rng():
+            return "ok", _plain(test(Namespace(namespace)))
+    except KeyboardInterrupt:
+        raise
+    except MissingName as error:
+        return "fail", str(error)
+    except NotImplementedError as error:
+        if str(error).startswith("Exercise "):
+            exercise = str(error).split()[1].rstrip(":")
+            return (
+                "fail",
+                f"Exercise {exercise} still raises NotImplementedError: replace the stub with your solution",
+            )
+        return "fail", "your code raised " + _format_exception(error, 0, _is_student_frame)
+    except BaseException as error:  # SystemExit included: the student's code may raise anything
+        return "fail", "your code raised " + _format_exception(error, 0, _is_student_frame)
+
+
+def _targets(exercise: str | None, namespace: dict):
+    from .spec import EXERCISE_ID, available_sets, get_set, set_for_exercise
+
+    if exercise is None:
+        best, best_count = None, 0
+        for name in available_sets():
+            try:
+                candidate = get_set(name)
+            except Exception:
+                continue
+            if not candidate.has_reference():
+                continue
+            required = {n for t in candidate.tests for n in t.requires}
+            count = sum(n in namespace for n in required)
+            if count > best_count:
+                best, best_count = candidate, count
+        if best is None:
+            raise ValueError(
+                "check() cannot tell which exercises this notebook holds: call it with an exercise id, "
+                'e.g. check("ch01-density") (the id is in the first line of the exercise\'s cell)'
+            )
+        return best, best.tests, best.name
+    exercise_set = set_for_exercise(exercise)
+    if not EXERCISE_ID.match(exercise):
+        return exercise_set, exercise_set.tests, exercise
+    tests = exercise_set.tests_of(exercise)
+    if not tests:
+        known = ", ".join(exercise_set.exercises())
+        raise ValueError(f"no exercise {exercise!r} in set {exercise_set.name} (its exercises: {known})")
+    return exercise_set, tests, exercise
+
+
+def check(exercise: str | None = None, *, namespace: dict | None = None, quiet: bool = False) -> CheckSummary:
+    """Run the tests of ``exercise`` on this notebook's objects and print a verdict (see module doc)."""
+    from .report import TestResult, fmt_points
+
+    if namespace is None:
+        namespace = vars(sys.modules["__main__"])
+    exercise_set, tests, target = _targets(exercise, namespace)
+    reference_ns, reference_values = _reference(exercise_set)
+    summary = CheckSummary(target)
+    lines: list[str] = []
+    exercises = list(dict.fromkeys(t.exercise for t in tests))
+    all_points = exercise_set.exercises()
+    for ex in exercises:
+        lines.append(f"Exercise {ex} ({fmt_points(all_points.get(ex, 0))} points)")
+        for test in (t for t in tests if t.exercise == ex):
+            status, value = _run(test, namespace)
+            message = ""
+            if status == "ok":
+                if test.name not in reference_values:
+                    reference_values[test.name] = _run(test, reference_ns)
+                ref_status, ref_value = reference_values[test.name]
+                if ref_status != "ok":
+                    message = (
+                        f"internal error: the reference fails this test ({ref_value}); tell the instructors"
+                    )
+                else:
+                    try:
+                        test.check(value, ref_value)
+                    except AssertionError as error:
+                        message = str(error) or "your result differs from the reference"
+                    except Exception as error:
+                        message = f"your result could not be compared ({type(error).__name__}: {error})"
+            else:
+                message = value
+            passed = status == "ok" and not message
+            result = TestResult(
+                name=test.name,
+                exercise=ex,
+                points=float(test.points) if passed else 0.0,
+                max_points=float(test.points),
+                passed=passed,
+                message=message,
+            )
+            summary.results.append(result)
+            mark = "✓" if passed else "✗"
+            points = f"{fmt_points(result.points)}/{fmt_points(result.max_points)}"
+            lines.append(f"  {mark} {test.name}  {points}" + (f"  {message}" if message else ""))
+        check_points = exercise_set.check_points.get(ex, 0)
+        if check_points:
+            lines.append(
+                f"  · check cell  {fmt_points(check_points)} point(s), compared with the reference "
+                "output when the whole notebook is graded"
+            )
+        for name in exercise_set.forbidden_imports:
+            value = namespace.get(name)
+            if value is not None and str(getattr(value, "__module__", "")).startswith("coursepkg"):
+                lines.append(
+                    f"  ! `{name}` comes from coursepkg: the grader gives no points to an exercise whose "
+                    "cell imports it"
+                )
+    if summary.passed:
+        lines.append(
+            f"{target}: all tests pass ({fmt_points(summary.score)} / {fmt_points(summary.max_score)} points)."
+        )
+    else:
+        lines.append(
+            f"{target}: {fmt_points(summary.score)} / {fmt_points(summary.max_score)} points. Fix the tests "
+            f'marked ✗ and run check("{target}") again.'
+        )
+    if not quiet:
+        print("\n".join(lines))
+    return summary
