@@ -24,17 +24,6 @@ SET = ExerciseSet(
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _plain(value):
-    """Detach tensors so that the result travels between processes without autograd history."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value
-
-
 def _normal_log_prob(z):
     return -0.5 * (z.square() + _LOG_2PI)
 
@@ -50,7 +39,7 @@ def _logistic_log_prob(z):
 def density_values(ns):
     """log p_X on a grid of (0, 1), float64."""
     x = torch.linspace(0.001, 0.999, 999, dtype=torch.float64)
-    return _plain({"log_density(x)": ns.log_density(x)})
+    return {"log_density(x)": ns.log_density(x)}
 
 
 @density_values.compare
@@ -63,7 +52,7 @@ def density_shape_dtype(ns):
     """A float32 input of shape (4, 25) gives a float32 result of the same shape."""
     generator = torch.Generator().manual_seed(1)
     x = torch.rand(4, 25, generator=generator) * 0.98 + 0.01
-    return _plain({"log_density(x) for a float32 x of shape (4, 25)": ns.log_density(x)})
+    return {"log_density(x) for a float32 x of shape (4, 25)": ns.log_density(x)}
 
 
 # -- ch01-inverse-cdf -----------------------------------------------------------------------------
@@ -75,13 +64,11 @@ def weibull_cdf_icdf(ns):
     x = torch.linspace(-2.0, 12.0, 1401, dtype=torch.float64)
     u = torch.linspace(1e-6, 1 - 1e-6, 1001, dtype=torch.float64)
     u32 = torch.linspace(0.01, 0.99, 99)
-    return _plain(
-        {
-            "weibull_cdf(x)": ns.weibull_cdf(x),
-            "weibull_icdf(u)": ns.weibull_icdf(u),
-            "weibull_icdf(u) for a float32 u": ns.weibull_icdf(u32),
-        }
-    )
+    return {
+        "weibull_cdf(x)": ns.weibull_cdf(x),
+        "weibull_icdf(u)": ns.weibull_icdf(u),
+        "weibull_icdf(u) for a float32 u": ns.weibull_icdf(u32),
+    }
 
 
 @weibull_cdf_icdf.compare
@@ -156,15 +143,13 @@ def invert_cdf_values(ns):
     def far_left(x):
         return torch.sigmoid((x + 40.0) / 3.0)
 
-    return _plain(
-        {
-            "invert_cdf(mixture CDF, u)": ns.invert_cdf(mixture, levels(200)),
-            "invert_cdf(CDF of N(3000, 500^2), u)": ns.invert_cdf(far_right, levels(200)),
-            "invert_cdf(logistic CDF centred at -40, u of shape (10, 20))": ns.invert_cdf(
-                far_left, levels(10, 20)
-            ),
-        }
-    )
+    return {
+        "invert_cdf(mixture CDF, u)": ns.invert_cdf(mixture, levels(200)),
+        "invert_cdf(CDF of N(3000, 500^2), u)": ns.invert_cdf(far_right, levels(200)),
+        "invert_cdf(logistic CDF centred at -40, u of shape (10, 20))": ns.invert_cdf(
+            far_left, levels(10, 20)
+        ),
+    }
 
 
 @invert_cdf_values.compare
@@ -199,7 +184,7 @@ def nll_values(ns):
         "decreasing map, normal latent": ns.nll_autograd(decreasing, x, _normal_log_prob),
     }
     result["x left unchanged"] = bool(torch.equal(x, before)) and not x.requires_grad
-    return _plain(result)
+    return result
 
 
 @SET.test("ch01-autograd-nll", points=1, requires=("nll_autograd",))
@@ -215,7 +200,7 @@ def nll_gradient(ns):
     if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
         return {"gradient of the NLL with respect to the parameters of f": "the loss carries no gradient"}
     loss.backward()
-    return _plain({"gradient of the NLL with respect to the parameters of f": theta.grad})
+    return {"gradient of the NLL with respect to the parameters of f": theta.grad}
 
 
 @nll_gradient.compare
@@ -254,7 +239,7 @@ def knots_forward(ns):
     with torch.no_grad():
         z, log_det = layer(x)
         knots = layer.output_knots()
-    return _plain({"output_knots()": knots, "forward(x)[0] (z)": z, "forward(x)[1] (log_det)": log_det})
+    return {"output_knots()": knots, "forward(x)[0] (z)": z, "forward(x)[1] (log_det)": log_det}
 
 
 @knots_forward.compare
@@ -271,14 +256,12 @@ def knots_inverse(ns):
         x_back_of, log_det_inverse = layer.inverse(x)
         z, log_det = layer(x)
         x_back, log_det_back = layer.inverse(z)
-    return _plain(
-        {
-            "inverse(z)[0] (x)": x_back_of,
-            "inverse(z)[1] (log_det)": log_det_inverse,
-            "inverse(forward(x)) == x": bool((x_back - x).abs().max() < 1e-9),
-            "inverse log_det == -forward log_det": bool((log_det_back + log_det).abs().max() < 1e-9),
-        }
-    )
+    return {
+        "inverse(z)[0] (x)": x_back_of,
+        "inverse(z)[1] (log_det)": log_det_inverse,
+        "inverse(forward(x)) == x": bool((x_back - x).abs().max() < 1e-9),
+        "inverse log_det == -forward log_det": bool((log_det_back + log_det).abs().max() < 1e-9),
+    }
 
 
 @knots_inverse.compare

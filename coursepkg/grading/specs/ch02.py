@@ -23,17 +23,6 @@ SET = ExerciseSet(
 )
 
 
-def _plain(value):
-    """Detach tensors so that the result travels between processes without autograd history."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value
-
-
 class ForbiddenCall(RuntimeError):
     pass
 
@@ -110,7 +99,7 @@ def jacobian_values(ns):
     with _switched_off():
         for name, fn, x in _maps():
             result[f"batched_jacobian({name})"] = ns.batched_jacobian(fn, x)
-    return _plain(result)
+    return result
 
 
 @jacobian_values.compare
@@ -143,7 +132,7 @@ def twist_closed_form(ns):
     generator = torch.Generator().manual_seed(11)
     x = 2 * torch.randn(400, 2, generator=generator, dtype=torch.float64)
     with _switched_off():
-        return _plain({"twist_log_abs_det(x)": ns.twist_log_abs_det(x)})
+        return {"twist_log_abs_det(x)": ns.twist_log_abs_det(x)}
 
 
 @twist_closed_form.compare
@@ -168,7 +157,7 @@ def autoregressive_output(ns):
     """z for full random matrices (only their strictly lower triangles count)."""
     with _switched_off():
         z, _ = ns.autoregressive_affine(*_autoregressive_inputs())
-    return _plain({"z": z})
+    return {"z": z}
 
 
 @autoregressive_output.compare
@@ -185,7 +174,7 @@ def autoregressive_log_det(ns):
             _, log_det = ns.autoregressive_affine(*inputs)
     except ForbiddenCall as error:
         return {"log_det": f"{error}"}
-    return _plain({"log_det": log_det})
+    return {"log_det": log_det}
 
 
 @autoregressive_log_det.compare
@@ -237,7 +226,7 @@ def planar_u_hat(ns):
                 u_hat = layer.u_hat()
             result[f"u_hat() for w.u = {wu}"] = u_hat
             result[f"w.u_hat > -1 for w.u = {wu}"] = bool(layer.w.detach() @ u_hat > -1)
-    return _plain(result)
+    return result
 
 
 @planar_u_hat.compare
@@ -255,7 +244,7 @@ def planar_forward(ns):
             with torch.no_grad():
                 z, _ = layer(_planar_points(dim, 31 + dim))
             result[f"forward(x)[0] (z), D = {dim}"] = z
-    return _plain(result)
+    return result
 
 
 @planar_forward.compare
@@ -276,7 +265,7 @@ def planar_log_det(ns):
             _, log_det = layer(x)
         brute = log_abs_det_jacobian(lambda v, layer=layer: layer(v)[0], x)
         result[f"D = {dim}"] = {"log_det": log_det, "brute force": brute}
-    return _plain(result)
+    return result
 
 
 @planar_log_det.compare
@@ -310,7 +299,7 @@ def planar_inverse(ns):
             result[f"inverse log_det == -forward log_det, D = {dim}"] = bool(
                 (log_det_back + log_det).abs().max() < 1e-8
             )
-    return _plain(result)
+    return result
 
 
 @planar_inverse.compare
@@ -355,7 +344,7 @@ def stack_values(ns):
     layers = _coursepkg_stack()
     with _switched_off(), torch.no_grad():
         z, log_det, per_layer = ns.run_stack(layers, _stack_points())
-    return _plain({"z": z, "log_det": log_det, "per_layer": per_layer})
+    return {"z": z, "log_det": log_det, "per_layer": per_layer}
 
 
 @stack_values.compare
