@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
-__all__ = ["MLP", "as_hidden"]
+__all__ = ["MLP", "ConvNet", "as_hidden"]
 
 
 def as_hidden(hidden: int | Sequence[int], default_depth: int = 2) -> tuple[int, ...]:
@@ -48,3 +49,51 @@ class MLP(nn.Sequential):
         if zero_last:
             nn.init.zeros_(layers[-1].weight)
             nn.init.zeros_(layers[-1].bias)
+
+
+class ConvNet(nn.Module):
+    """A small residual convolutional network, ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
+
+    ``conv3x3 -> num_blocks x [x + conv3x3(relu(conv3x3(relu(x))))] -> relu -> conv3x3``; every
+    convolution pads by one pixel, so the spatial size is kept and each block widens the
+    receptive field by four pixels. The conditioners of image coupling layers are built on it.
+
+    Args:
+        in_channels, out_channels: input and output channels.
+        hidden: channels inside the network.
+        num_blocks: residual blocks (0 gives two convolutions with a ReLU between them).
+        zero_last: start the last convolution at zero, so a coupling layer built on this network
+            starts as the identity map.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        num_blocks: int = 2,
+        zero_last: bool = True,
+    ):
+        super().__init__()
+        if hidden < 1 or num_blocks < 0:
+            raise ValueError(f"hidden must be >= 1 and num_blocks >= 0, got {hidden} and {num_blocks}")
+        self.first = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.ReLU(),
+                nn.Conv2d(hidden, hidden, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(hidden, hidden, 3, padding=1),
+            )
+            for _ in range(num_blocks)
+        )
+        self.last = nn.Conv2d(hidden, out_channels, 3, padding=1)
+        if zero_last:
+            nn.init.zeros_(self.last.weight)
+            nn.init.zeros_(self.last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)  # (B, hidden, H, W)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.last(torch.relu(h))  # (B, out_channels, H, W)

@@ -38,6 +38,63 @@ VECTOR_LAYERS = {
     "ActNorm": lambda: L.ActNorm(4),
     "Compose": lambda: Compose(L.ActNorm(4), L.Planar(4), L.LULinear(4), L.PiecewiseLinear(4, 5, 2.0)),
     "Inverse-Planar": lambda: Inverse(L.Planar(4)),
+    "AdditiveCoupling": lambda: L.AdditiveCoupling(L.alternating_mask(4), hidden=8),
+    "AffineCoupling": lambda: L.AffineCoupling(L.halves_mask(4), hidden=8),
+    "AffineCoupling-random-mask": lambda: L.AffineCoupling(L.random_mask(4), hidden=(8, 6)),
+    "AffineCoupling-unbounded": lambda: L.AffineCoupling(
+        L.alternating_mask(4, 1), hidden=8, scale_bound=None
+    ),
+    "Scaling": lambda: L.Scaling(4),
+    "BatchNormFlow": lambda: _with_running_stats(L.BatchNormFlow(4)),
+}
+
+
+def _with_running_stats(layer):
+    # Non-trivial running averages: eval mode (where log_det is checked) uses them.
+    with torch.no_grad():
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2.0)
+    return layer
+
+
+def _multiscale():
+    # (2, 4, 4) -> checkerboard, squeeze, channel coupling -> (8, 2, 2); 4 channels go on.
+    steps = Compose(
+        L.ConvAffineCoupling(2, L.checkerboard_mask(4, 4, 0), hidden=4, num_blocks=0),
+        L.Squeeze(),
+        L.ConvAffineCoupling(8, L.channel_mask(8, 1), hidden=4, num_blocks=0),
+    )
+    inner = Compose(
+        L.ActNorm(4), L.ConvAffineCoupling(4, L.checkerboard_mask(2, 2, 1), hidden=4, num_blocks=0)
+    )
+    return L.MultiScale(steps, inner)
+
+
+# Each entry: (make, shape of one sample).
+IMAGE_LAYERS = {
+    "ActNorm": (lambda: L.ActNorm(2), (2, 4, 4)),
+    "ElementwiseAffine": (lambda: L.ElementwiseAffine((2, 4, 4)), (2, 4, 4)),
+    "BatchNormFlow": (lambda: _with_running_stats(L.BatchNormFlow(2)), (2, 4, 4)),
+    "ConvAffineCoupling-checkerboard": (
+        lambda: L.ConvAffineCoupling(2, L.checkerboard_mask(4, 4, 0), hidden=4, num_blocks=1),
+        (2, 4, 4),
+    ),
+    "ConvAffineCoupling-channel": (
+        lambda: L.ConvAffineCoupling(4, L.channel_mask(4, 1), hidden=4),
+        (4, 2, 2),
+    ),
+    "ConvAdditiveCoupling-checkerboard": (
+        lambda: L.ConvAdditiveCoupling(2, L.checkerboard_mask(4, 4, 1), hidden=4, num_blocks=0),
+        (2, 4, 4),
+    ),
+    "ConvAdditiveCoupling-channel": (
+        lambda: L.ConvAdditiveCoupling(4, L.channel_mask(4, 0), hidden=4),
+        (4, 2, 2),
+    ),
+    # check_flow also runs inverse on x: a shape that both directions accept.
+    "Squeeze": (lambda: L.Squeeze(), (4, 4, 4)),
+    "Unsqueeze": (lambda: L.Unsqueeze(), (4, 4, 4)),
+    "MultiScale": (_multiscale, (2, 4, 4)),
 }
 
 
@@ -55,11 +112,13 @@ def test_logit_on_unit_interval():
     check_flow(make(), x, make)
 
 
-def test_image_shaped_layers():
+@pytest.mark.parametrize("name", sorted(IMAGE_LAYERS))
+def test_image_layer(name):
+    make, shape = IMAGE_LAYERS[name]
+    make = _perturbed(make)
     torch.manual_seed(0)
-    x = torch.randn(3, 2, 4, 4)
-    for make in (_perturbed(lambda: L.ActNorm(2)), _perturbed(lambda: L.ElementwiseAffine((2, 4, 4)))):
-        check_flow(make(), x, make)
+    x = torch.randn(3, *shape)
+    check_flow(make(), x, make)
 
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
@@ -70,6 +129,13 @@ def test_accelerator(device):
     x = torch.randn(6, 4, device=device)
     for name, make in VECTOR_LAYERS.items():
         layer = _perturbed(make)().to(device)
+        z, log_det = layer(x)
+        assert z.device.type == device and log_det.device.type == device, name
+        x_back, _ = layer.inverse(z)
+        torch.testing.assert_close(x_back, x, atol=1e-4, rtol=1e-4, msg=name)
+    for name, (make, shape) in IMAGE_LAYERS.items():
+        x = torch.randn(3, *shape, device=device)
+        layer = _perturbed(make)().to(device).eval()
         z, log_det = layer(x)
         assert z.device.type == device and log_det.device.type == device, name
         x_back, _ = layer.inverse(z)

@@ -1,0 +1,231 @@
+"""Test bits/dim on the 8x8 digits after a fixed wall-clock budget: image RealNVP against a vector flow.
+
+Both models train on the digits' train split (1,258 images) with fresh uniform dequantization
+noise in every batch, are validated every ``--eval-every`` steps on the validation split (one
+fixed draw of the noise, as ``coursepkg.training`` does) and keep the parameters of their best
+validation score. Training stops when ``--seconds`` of wall clock are spent (validations
+included) or, with ``--patience``, after that many validations without a new best. The learning
+rate follows a cosine from ``--lr`` to 0 over the time budget. The test bits/dim are then
+measured on the test split with ``num_levels = 17``, as ``NormalizingFlow.bits_per_dim`` does.
+
+Models (same optimiser, batch size, schedule and budget):
+
+- ``image``: ``models.realnvp((1, 8, 8))`` with its defaults: Logit, convolutional couplings
+  with checkerboard and channel masks, squeeze, two scales with factor-out, batch norm;
+- ``vector``: ``models.realnvp(64, logit=True)`` on the flattened images (MLP couplings with
+  alternating masks; the same Logit and norm layer as the image model), its MLP width chosen so
+  that it has about as many parameters as the image model.
+
+Usage::
+
+    .venv/bin/python benchmarks/digits_bpd.py                  # 60 s per model, 2 threads
+    .venv/bin/python benchmarks/digits_bpd.py --threads 1      # on a busy machine
+
+A table is printed and the results, with the validation curves, go to
+``benchmarks/results/digits_bpd.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from coursepkg import models
+from coursepkg.data import DIGITS_LEVELS, Dequantize, load_digits
+from coursepkg.training import evaluate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHAPE = (1, 8, 8)
+DIMS = 64
+
+
+def nats_to_bpd(nats_per_sample: float) -> float:
+    """Mean negative log-density of dequantized images in [0, 1] -> bits/dim of the discrete images."""
+    return (nats_per_sample / DIMS + math.log(DIGITS_LEVELS)) / math.log(2)
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _options(args) -> dict:
+    """The builder options given on the command line (the others keep the builder's defaults)."""
+    names = ("num_layers", "hidden", "num_blocks", "num_scales", "norm", "scale_bound", "logit_alpha")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if options.get("norm") == "none":
+        options["norm"] = None
+    return options
+
+
+def image_model(args) -> torch.nn.Module:
+    return models.realnvp(SHAPE, **_options(args))
+
+
+def vector_model(args, target_params: int) -> torch.nn.Module:
+    """``realnvp(64)``, two hidden layers per coupling, as wide as needed to match ``target_params``."""
+    options = {k: v for k, v in _options(args).items() if k in ("norm", "scale_bound", "logit_alpha")}
+    norm = options.pop("norm", "batchnorm")  # the image model's default norm
+
+    def build(width: int) -> torch.nn.Module:
+        return models.realnvp(
+            DIMS, num_layers=args.vector_layers, hidden=(width, width), norm=norm, logit=True, **options
+        )
+
+    if args.vector_hidden is not None:
+        return build(args.vector_hidden)
+    low, high = 1, 4096  # the parameter count grows with the width: bisect
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if num_params(build(mid)) <= target_params else (low, mid)
+    best = min((low, high), key=lambda w: abs(num_params(build(w)) - target_params))
+    return build(best)
+
+
+def train(model, name: str, data: dict, args) -> dict:
+    """Adam until the time budget or the patience runs out; keeps the best validation parameters."""
+    deq = Dequantize(DIGITS_LEVELS)
+    reshape = (lambda x: x.flatten(1)) if name == "vector" else (lambda x: x)
+    train_x, val_x, test_x = (reshape(data[k]) for k in ("train", "val", "test"))
+
+    torch.manual_seed(args.seed)
+    order_rng = torch.Generator().manual_seed(args.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, foreach=True)
+    curve = {"step": [], "seconds": [], "train_bpd": [], "val_bpd": []}
+    best = {"val_bpd": math.inf, "step": 0, "state": copy.deepcopy(model.state_dict())}
+    bad_evals, step, running, count = 0, 0, 0.0, 0
+    order, position = torch.randperm(len(train_x), generator=order_rng), 0
+    started = time.perf_counter()
+    model.train()
+    while True:
+        if position + args.batch_size > len(order):
+            order, position = torch.randperm(len(train_x), generator=order_rng), 0
+        x = deq(train_x[order[position : position + args.batch_size]])
+        position += args.batch_size
+        # The number of steps is not known in advance: anneal over the time budget.
+        fraction = min((time.perf_counter() - started) / args.seconds, 1.0)
+        if args.max_steps is not None:
+            fraction = max(fraction, step / args.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * fraction))
+        loss = -model.log_prob(x).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        optimizer.step()
+        step += 1
+        running, count = running + loss.item(), count + 1
+        finished = time.perf_counter() - started >= args.seconds
+        finished = finished or (args.max_steps is not None and step >= args.max_steps)
+        if step % args.eval_every == 0 or finished:
+            # evaluate() works in eval mode (running averages of batch norm), restores the train
+            # mode, and draws the validation noise from a fixed seed: every validation scores the
+            # same points.
+            val_bpd = nats_to_bpd(evaluate(model, val_x, preprocess=deq))
+            curve["step"].append(step)
+            curve["seconds"].append(round(time.perf_counter() - started, 2))
+            curve["train_bpd"].append(round(nats_to_bpd(running / count), 4))
+            curve["val_bpd"].append(round(val_bpd, 4))
+            running, count = 0.0, 0
+            if val_bpd < best["val_bpd"]:
+                best = {"val_bpd": val_bpd, "step": step, "state": copy.deepcopy(model.state_dict())}
+                bad_evals = 0
+            else:
+                bad_evals += 1
+            if args.verbose:
+                print(
+                    f"  {name} step {step:5d} {curve['seconds'][-1]:6.1f} s  "
+                    f"train {curve['train_bpd'][-1]:.3f}  val {val_bpd:.3f}",
+                    flush=True,
+                )
+            stalled = args.patience is not None and bad_evals >= args.patience
+            if finished or stalled:
+                break
+    seconds = time.perf_counter() - started
+    model.load_state_dict(best["state"])
+    model.eval()
+    test_bpd = nats_to_bpd(evaluate(model, test_x, preprocess=deq))
+    return {
+        "model": name,
+        "params": num_params(model),
+        "steps": step,
+        "seconds": round(seconds, 1),
+        "steps_per_second": round(step / seconds, 2),
+        "best_step": best["step"],
+        "best_val_bpd": round(best["val_bpd"], 4),
+        "test_bpd": round(test_bpd, 4),
+        "stopped_early": bool(stalled and not finished),
+        "curve": curve,
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="wall-clock budget per model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (2 = the course's machine)")
+    parser.add_argument("--models", default="image,vector", help="comma-separated: image, vector")
+    parser.add_argument("--max-steps", type=int, default=None, help="also stop after this many steps")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=4e-3, help="peak of the cosine schedule")
+    parser.add_argument("--clip-grad", type=float, default=10.0)
+    parser.add_argument("--eval-every", type=int, default=25, help="steps between validations")
+    parser.add_argument("--patience", type=int, default=None, help="validations without a new best")
+    # Builder options; unset ones keep models.realnvp's defaults.
+    parser.add_argument("--hidden", type=int, default=None, help="image model: conditioner channels")
+    parser.add_argument("--num-layers", type=int, default=None, help="image model: couplings per group")
+    parser.add_argument("--num-blocks", type=int, default=None, help="image model: residual blocks")
+    parser.add_argument("--num-scales", type=int, default=None, help="image model: scales")
+    parser.add_argument("--norm", default=None, help="actnorm, batchnorm or none (both models)")
+    parser.add_argument("--scale-bound", type=float, default=None, help="both models")
+    parser.add_argument("--logit-alpha", type=float, default=None, help="both models")
+    parser.add_argument("--vector-layers", type=int, default=8, help="vector model: couplings")
+    parser.add_argument("--vector-hidden", type=int, default=None, help="default: match the parameters")
+    parser.add_argument("--out", type=Path, default=RESULTS / "digits_bpd.json")
+    parser.add_argument("--verbose", action="store_true", help="print every validation")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    data = {split: load_digits(split) for split in ("train", "val", "test")}
+    target = num_params(image_model(args))
+    results = []
+    for name in args.models.split(","):
+        if name not in ("image", "vector"):
+            parser.error(f"unknown model {name!r}; choose among image, vector")
+        torch.manual_seed(args.seed)
+        model = image_model(args) if name == "image" else vector_model(args, target)
+        results.append(train(model, name, data, args))
+
+    print(
+        f"\n{'model':8s} {'params':>9s} {'steps':>6s} {'seconds':>8s} {'best step':>9s} "
+        f"{'val bpd':>8s} {'test bpd':>8s}"
+    )
+    for r in results:
+        print(
+            f"{r['model']:8s} {r['params']:9d} {r['steps']:6d} {r['seconds']:8.1f} {r['best_step']:9d} "
+            f"{r['best_val_bpd']:8.3f} {r['test_bpd']:8.3f}"
+        )
+    report = {
+        "benchmark": "digits_bpd",
+        "command": "benchmarks/digits_bpd.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"written to {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

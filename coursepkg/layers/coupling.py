@@ -1,0 +1,316 @@
+r"""Coupling layers (NICE, RealNVP): half of the coordinates, chosen by a mask, condition the rest.
+
+A binary mask :math:`m` splits the input. The masked part :math:`x_m` passes unchanged and is
+fed to a network (the *conditioner*); the other part is transformed element-wise with
+parameters that the network computes from :math:`x_m` alone:
+
+.. math::
+
+    \text{additive (NICE):}\quad & z = x_m + (1 - m) \odot \bigl(x + t(x_m)\bigr), \\
+    \text{affine (RealNVP):}\quad & z = x_m + (1 - m) \odot \bigl(x \, e^{s(x_m)} + t(x_m)\bigr),
+
+with :math:`x_m = m \odot x`. Ordered as (masked, transformed), the Jacobian is block
+triangular with the identity and :math:`\mathrm{diag}(e^{s})` on its diagonal, so
+:math:`\log|\det J| = \sum_{i:\, m_i = 0} s_i(x_m)` (zero for the additive layer), whatever the
+network. The inverse needs no inverse of the network either: :math:`x_m = z_m` is known, so
+:math:`s` and :math:`t` can be recomputed and the affine map undone.
+
+Masks are ``bool`` tensors, ``True`` where a coordinate passes unchanged: :func:`halves_mask`,
+:func:`alternating_mask` and :func:`random_mask` for vectors; :func:`checkerboard_mask` (spatial)
+and :func:`channel_mask` for images. Alternate a mask with its complement (``~mask``, or the
+other ``parity``) from one layer to the next so that every coordinate gets transformed.
+
+Every layer multiplies by the mask rather than gathering coordinates: one code path serves every
+mask, and the masked-out outputs of the conditioner are simply ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core import Flow
+from ..nets import MLP, ConvNet
+from ._utils import sum_except_batch
+from .elementwise import ElementwiseAffine
+
+__all__ = [
+    "halves_mask",
+    "alternating_mask",
+    "random_mask",
+    "checkerboard_mask",
+    "channel_mask",
+    "soft_clamp",
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "ConvAdditiveCoupling",
+    "ConvAffineCoupling",
+    "Scaling",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks: True = passes unchanged and conditions the others
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_parity(parity: int) -> None:
+    if parity not in (0, 1):
+        raise ValueError(f"parity must be 0 or 1, got {parity!r}")
+
+
+def halves_mask(dim: int, parity: int = 0) -> torch.Tensor:
+    """``(dim,)`` bool: the first ``dim // 2`` coordinates (``parity=0``) or the others (``parity=1``)."""
+    _check_parity(parity)
+    mask = torch.arange(dim) < dim // 2
+    return mask if parity == 0 else ~mask
+
+
+def alternating_mask(dim: int, parity: int = 0) -> torch.Tensor:
+    """``(dim,)`` bool: ``True`` at the even indices (``parity=0``) or at the odd ones (``parity=1``)."""
+    _check_parity(parity)
+    return torch.arange(dim) % 2 == parity
+
+
+def random_mask(dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(dim,)`` bool with exactly ``dim // 2`` entries ``True``, chosen uniformly at random."""
+    mask = torch.zeros(dim, dtype=torch.bool)
+    mask[torch.randperm(dim, generator=generator)[: dim // 2]] = True
+    return mask
+
+
+def checkerboard_mask(height: int, width: int, parity: int = 0) -> torch.Tensor:
+    """``(H, W)`` bool: ``True`` at pixel ``(i, j)`` when ``(i + j) % 2 == parity``, for every channel."""
+    _check_parity(parity)
+    i = torch.arange(height).unsqueeze(1)
+    j = torch.arange(width).unsqueeze(0)
+    return (i + j) % 2 == parity
+
+
+def channel_mask(channels: int, parity: int = 0) -> torch.Tensor:
+    """``(C,)`` bool: the first ``C // 2`` channels (``parity=0``) or the others (``parity=1``), at every pixel."""
+    return halves_mask(channels, parity)
+
+
+def soft_clamp(s: torch.Tensor, bound: float | None) -> torch.Tensor:
+    r"""``bound * tanh(s / bound)``: the identity near 0, smoothly limited to ``(-bound, bound)``.
+
+    Used on the log-scale of affine couplings. A scale ``exp(s)`` with an unbounded ``s`` can
+    blow up early in training (one huge scale is enough for an overflow, and NaN); a scale
+    squeezed into a one-sided range such as ``sigmoid(u + 2)`` in ``(0, 1)`` can only shrink,
+    which caps the density the flow can reach. The clamp is symmetric, so each layer may
+    stretch or shrink by up to ``exp(bound)``, and its slope is 1 at 0, so small log-scales are
+    left as the network computed them. ``bound=None`` leaves ``s`` unbounded.
+    """
+    if bound is None:
+        return s
+    return bound * torch.tanh(s / bound)
+
+
+# ----------------------------------------------------------------------------------------------
+# Coupling layers
+# ----------------------------------------------------------------------------------------------
+
+
+class _Coupling(Flow):
+    """What the couplings share: the mask buffer, the conditioner and the input check.
+
+    ``mask`` is stored as a float buffer in a shape that broadcasts against the input (``(D,)``
+    for vectors, ``(C or 1, H or 1, W or 1)`` for images) so that it follows ``.to(dtype)`` and
+    survives ``state_dict`` (a random mask must be restored, not redrawn).
+    """
+
+    def __init__(self, mask: torch.Tensor, net: nn.Module):
+        super().__init__()
+        mask = torch.as_tensor(mask)
+        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+            raise ValueError("a mask must hold only 0/1 (or True/False) values")
+        kept = int(mask.bool().sum())
+        if kept == 0 or kept == mask.numel():
+            raise ValueError(
+                f"the mask must keep some coordinates and transform others; got {kept} of {mask.numel()} kept"
+            )
+        self.register_buffer("mask", mask.to(torch.get_default_dtype()))
+        self.net = net
+
+    def _check(self, t: torch.Tensor) -> None:
+        shape = self.mask.shape
+        ok = t.dim() == len(shape) + 1 and all(m in (1, s) for m, s in zip(shape, t.shape[1:], strict=True))
+        if not ok:
+            want = "(B, D)" if len(shape) == 1 else "(B, C, H, W)"
+            raise ValueError(
+                f"{type(self).__name__} with a mask of shape {tuple(shape)} expects inputs {want} "
+                f"that the mask broadcasts against, got {tuple(t.shape)}"
+            )
+
+    def extra_repr(self) -> str:
+        return f"mask_shape={tuple(self.mask.shape)}, kept={int(self.mask.sum())}"
+
+
+class _Additive(_Coupling):
+    def _shift(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        # The conditioner sees only the masked part; its output on that part is discarded.
+        return self.net(x * self.mask) * (1 - self.mask)
+
+    def forward(self, x):
+        z = x + self._shift(x)
+        return z, x.new_zeros(x.shape[0])
+
+    def inverse(self, z):
+        # The masked part of z equals that of x, so the shift is the one forward added.
+        x = z - self._shift(z)
+        return x, z.new_zeros(z.shape[0])
+
+
+class _Affine(_Coupling):
+    def __init__(self, mask: torch.Tensor, net: nn.Module, scale_bound: float | None):
+        super().__init__(mask, net)
+        if scale_bound is not None and not scale_bound > 0:
+            raise ValueError(f"scale_bound must be positive or None, got {scale_bound}")
+        self.scale_bound = scale_bound
+
+    def _scale_shift(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x)
+        free = 1 - self.mask
+        # Two contiguous blocks, (log-scale, shift): no interleaved (strided) columns.
+        s_raw, t = self.net(x * self.mask).chunk(2, dim=1)
+        s = soft_clamp(s_raw, self.scale_bound) * free
+        return s, t * free
+
+    def forward(self, x):
+        s, t = self._scale_shift(x)
+        # On the masked part s = t = 0, so those coordinates come out exactly unchanged.
+        z = x * torch.exp(s) + t
+        return z, sum_except_batch(s)
+
+    def inverse(self, z):
+        s, t = self._scale_shift(z)
+        x = (z - t) * torch.exp(-s)
+        return x, -sum_except_batch(s)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale_bound={self.scale_bound}"
+
+
+class AdditiveCoupling(_Additive):
+    r"""NICE's additive coupling on ``(B, D)`` vectors: ``z = x + (1 - m) * t(m * x)``.
+
+    Volume preserving (``log_det = 0``): a flow made only of these layers cannot change the
+    density's overall scale, which is why NICE ends with a :class:`Scaling` layer.
+
+    Args:
+        mask: ``(D,)`` bool, ``True`` where coordinates pass unchanged (see the mask functions).
+        hidden: hidden sizes of the MLP conditioner ``(B, D) -> (B, D)``, an int or a tuple.
+        conditioner: a module ``(B, D) -> (B, D)`` to use instead of the MLP. Start it at zero
+            output (the MLP's last layer is zero) so that the layer starts as the identity.
+    """
+
+    def __init__(self, mask: torch.Tensor, hidden=64, conditioner: nn.Module | None = None):
+        dim = torch.as_tensor(mask).numel()
+        super().__init__(mask, conditioner if conditioner is not None else MLP(dim, dim, hidden))
+
+
+class AffineCoupling(_Affine):
+    r"""RealNVP's affine coupling on ``(B, D)`` vectors.
+
+    ``z = x * exp(s) + t`` on the coordinates where ``mask`` is ``False``, with
+    ``(s, t) = `` the conditioner applied to ``mask * x``; the masked coordinates pass unchanged.
+    ``log_det = sum(s)``. The log-scale is soft-clamped, ``s = scale_bound * tanh(s_raw /
+    scale_bound)`` (see :func:`soft_clamp`), so that no step can scale by more than
+    ``exp(scale_bound)`` either way.
+
+    Args:
+        mask: ``(D,)`` bool, ``True`` where coordinates pass unchanged.
+        hidden: hidden sizes of the MLP conditioner ``(B, D) -> (B, 2 D)``.
+        scale_bound: bound of the log-scale; ``None`` for an unbounded ``exp`` scale.
+        conditioner: a module ``(B, D) -> (B, 2 D)`` (log-scales then shifts, as two blocks)
+            to use instead of the MLP; start it at zero output.
+    """
+
+    def __init__(
+        self,
+        mask: torch.Tensor,
+        hidden=64,
+        scale_bound: float | None = 3.0,
+        conditioner: nn.Module | None = None,
+    ):
+        dim = torch.as_tensor(mask).numel()
+        net = conditioner if conditioner is not None else MLP(dim, 2 * dim, hidden)
+        super().__init__(mask, net, scale_bound)
+
+
+def _image_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A channel mask ``(C,)`` becomes ``(C, 1, 1)``, a spatial one ``(H, W)`` becomes ``(1, H, W)``."""
+    mask = torch.as_tensor(mask)
+    if mask.dim() == 1:
+        return mask.view(-1, 1, 1)
+    if mask.dim() == 2:
+        return mask.unsqueeze(0)
+    if mask.dim() == 3:
+        return mask
+    raise ValueError(
+        f"an image mask is (C,) (channel-wise), (H, W) (spatial) or (C, H, W); got shape {tuple(mask.shape)}"
+    )
+
+
+class ConvAdditiveCoupling(_Additive):
+    r"""Additive coupling on images ``(B, C, H, W)`` with a convolutional conditioner.
+
+    ``z = x + (1 - m) * t(m * x)``; ``log_det = 0``. The mask is spatial (``(H, W)``, e.g.
+    :func:`checkerboard_mask`, the same for every channel) or channel-wise (``(C,)``, e.g.
+    :func:`channel_mask`, the same at every pixel).
+
+    Args:
+        channels: ``C``.
+        mask: ``(H, W)``, ``(C,)`` or ``(C, H, W)`` bool, ``True`` where values pass unchanged.
+        hidden: channels of the conditioner (:class:`coursepkg.nets.ConvNet`).
+        num_blocks: its residual blocks.
+    """
+
+    def __init__(self, channels: int, mask: torch.Tensor, hidden: int = 64, num_blocks: int = 2):
+        super().__init__(_image_mask(mask), ConvNet(channels, channels, hidden, num_blocks))
+
+
+class ConvAffineCoupling(_Affine):
+    r"""RealNVP's affine coupling on images ``(B, C, H, W)`` with a convolutional conditioner.
+
+    The masked values (``True`` in ``mask``) pass unchanged and, with the others set to zero,
+    go through the conditioner, a :class:`coursepkg.nets.ConvNet` ``(B, C, H, W) -> (B, 2C, H,
+    W)`` that returns the raw log-scales and the shifts as two blocks of ``C`` channels. The
+    other values become ``x * exp(s) + t``, with ``s`` soft-clamped to ``(-scale_bound,
+    scale_bound)`` (see :func:`soft_clamp`); ``log_det`` is the sum of ``s`` over those values.
+
+    Args:
+        channels: ``C``.
+        mask: spatial ``(H, W)`` (e.g. :func:`checkerboard_mask`), channel-wise ``(C,)`` (e.g.
+            :func:`channel_mask`) or ``(C, H, W)``, bool.
+        hidden: channels of the conditioner.
+        num_blocks: its residual blocks.
+        scale_bound: bound of the log-scale; ``None`` for an unbounded ``exp`` scale.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        mask: torch.Tensor,
+        hidden: int = 64,
+        num_blocks: int = 2,
+        scale_bound: float | None = 3.0,
+    ):
+        super().__init__(_image_mask(mask), ConvNet(channels, 2 * channels, hidden, num_blocks), scale_bound)
+
+
+class Scaling(ElementwiseAffine):
+    r"""NICE's diagonal scaling layer: ``z = x * exp(log_scale)``, ``log_det = sum(log_scale)``.
+
+    Additive couplings preserve volume, so without this last layer a NICE model could not
+    concentrate (or spread) its mass. A large ``log_scale_i`` stretches a direction in which the
+    data, after the couplings, varies little.
+
+    Args:
+        shape: the shape of one sample, e.g. ``64`` or ``(1, 8, 8)``.
+    """
+
+    def __init__(self, shape: int | tuple[int, ...]):
+        super().__init__(shape, shift=False)

@@ -1,0 +1,198 @@
+"""The model builders: models.nice and models.realnvp, checked as whole density models."""
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+
+from coursepkg import StandardLogistic, StandardNormal, models
+from coursepkg import layers as L
+from coursepkg.jacobian import log_abs_det_jacobian
+
+# Tiny configurations, so that the brute-force Jacobians stay cheap.
+BUILDERS = {
+    "nice": (lambda: models.nice(4, hidden=8), (4,)),
+    "nice-logistic-logit": (lambda: models.nice(4, hidden=8, prior="logistic", logit=True), (4,)),
+    "realnvp-vector": (lambda: models.realnvp(4, num_layers=3, hidden=8), (4,)),
+    "realnvp-vector-batchnorm": (
+        lambda: models.realnvp(5, hidden=(8, 6), norm="batchnorm", mask="random"),
+        (5,),
+    ),
+    "realnvp-image": (
+        lambda: models.realnvp((1, 4, 4), num_layers=2, hidden=4, num_blocks=0, num_scales=1),
+        (1, 4, 4),
+    ),
+    "realnvp-image-2-scales": (
+        lambda: models.realnvp((2, 4, 8), num_layers=1, hidden=4, num_scales=2),
+        (2, 4, 8),
+    ),
+    "realnvp-image-actnorm": (
+        lambda: models.realnvp((1, 4, 4), num_layers=1, hidden=4, norm="actnorm", num_scales=1),
+        (1, 4, 4),
+    ),
+}
+
+
+def _build(name, seed=0):
+    make, shape = BUILDERS[name]
+    torch.manual_seed(seed)
+    model = make()
+    # Make every layer non-trivial: zero-initialised conditioners start as the identity.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        for buffer_name, b in model.named_buffers():
+            if buffer_name.endswith("running_mean"):
+                b.normal_()
+            elif buffer_name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    return model.eval(), shape
+
+
+def _inputs(model, shape, n=3, dtype=torch.float32):
+    torch.manual_seed(1)
+    if isinstance(model.transform[0], L.Logit):  # images, say: values in (0, 1)
+        return torch.rand(n, *shape, dtype=dtype).clamp(0.02, 0.98)
+    return torch.randn(n, *shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_log_prob_is_the_change_of_variables_by_brute_force(name):
+    model, shape = _build(name)
+    model = model.double()
+    x = _inputs(model, shape, dtype=torch.float64)
+    z, _ = model.transform(x)
+    expected = model.base.log_prob(z) + log_abs_det_jacobian(model.transform, x)
+    torch.testing.assert_close(model.log_prob(x), expected, atol=1e-7, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_invertible_and_samples_have_the_data_shape(name):
+    model, shape = _build(name)
+    model = model.double()
+    x = _inputs(model, shape, dtype=torch.float64)
+    z, log_det = model.transform(x)
+    assert z.shape == x.shape  # the latent has the data's shape, so the base fits it
+    x_back, log_det_back = model.transform.inverse(z)
+    torch.testing.assert_close(x_back, x, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(log_det_back, -log_det)
+    samples = model.sample(5)
+    assert samples.shape == (5, *shape) and torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_state_dict_round_trip(name):
+    model, shape = _build(name)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    torch.manual_seed(99)  # a different initialisation, overwritten by the load
+    restored = BUILDERS[name][0]()
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    restored.eval()
+    x = _inputs(model, shape)
+    assert torch.equal(restored.log_prob(x), model.log_prob(x))
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_float32_and_gradients(name):
+    model, shape = _build(name)
+    model.train()
+    x = _inputs(model, shape)
+    loss = -model.log_prob(x).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+def test_nice_structure_and_volume():
+    model = models.nice(6, num_layers=4, hidden=8, prior="logistic")
+    assert isinstance(model.base, StandardLogistic)
+    couplings = [layer for layer in model.transform if isinstance(layer, L.AdditiveCoupling)]
+    assert len(couplings) == 4 and isinstance(model.transform[-1], L.Scaling)
+    # The masks alternate, so every coordinate is transformed by some layer.
+    assert torch.equal(couplings[0].mask, 1 - couplings[1].mask)
+    with torch.no_grad():
+        model.transform[-1].log_scale.fill_(0.5)
+        for p in model.transform[0].parameters():
+            p.normal_()
+    _, log_det = model.transform(torch.randn(5, 6))
+    torch.testing.assert_close(log_det, torch.full((5,), 3.0))  # only the scaling changes volume
+    assert isinstance(models.nice(6).base, StandardNormal)
+
+
+def test_realnvp_image_has_the_paper_structure():
+    model = models.realnvp((1, 8, 8))
+    logit, scale = model.transform
+    assert isinstance(logit, L.Logit)
+    assert isinstance(scale, L.MultiScale) and isinstance(scale.inner, L.MultiScale)
+    assert not isinstance(scale.inner.inner, L.MultiScale)  # two scales, then the last couplings
+    steps = list(scale.steps)
+    squeeze_at = next(i for i, layer in enumerate(steps) if isinstance(layer, L.Squeeze))
+    before = [layer for layer in steps[:squeeze_at] if isinstance(layer, L.ConvAffineCoupling)]
+    after = [layer for layer in steps[squeeze_at:] if isinstance(layer, L.ConvAffineCoupling)]
+    assert len(before) == 3 and all(c.mask.shape == (1, 8, 8) for c in before)  # checkerboard
+    assert len(after) == 3 and all(c.mask.shape == (4, 1, 1) for c in after)  # channel-wise
+    assert any(isinstance(layer, L.BatchNormFlow) for layer in steps)
+
+
+def test_realnvp_image_factored_out_latents_skip_the_deeper_scales():
+    model, _ = _build("realnvp-image")
+    x = _inputs(model, (1, 4, 4))
+    z, _ = model.transform(x)
+    logit, scale = model.transform
+    y, _ = scale.steps(logit(x)[0])
+    assert torch.equal(L.squeeze(z)[:, 2:], y[:, 2:])
+
+
+def test_realnvp_image_bits_per_dim_matches_log_prob():
+    model, shape = _build("realnvp-image")
+    x = _inputs(model, shape)
+    bpd = model.bits_per_dim(x, num_levels=17)
+    expected = (-model.log_prob(x) / 16 + math.log(17)) / math.log(2)
+    torch.testing.assert_close(bpd, expected)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_realnvp_defaults_build_for_the_course_images(shape):
+    model = models.realnvp(shape).eval()
+    x = torch.rand(2, *shape)
+    with torch.no_grad():
+        assert torch.isfinite(model.log_prob(x)).all()
+        assert model.sample(2).shape == (2, *shape)
+
+
+def test_a_few_training_steps_lower_the_loss_on_digits():
+    from coursepkg.data import DIGITS_LEVELS, Dequantize, load_digits
+    from coursepkg.training import evaluate, train
+
+    torch.manual_seed(0)
+    model = models.realnvp((1, 8, 8), num_layers=1, hidden=8, num_blocks=0)
+    data = load_digits("train")[:256]
+    deq = Dequantize(DIGITS_LEVELS)
+    before = evaluate(copy.deepcopy(model), data, preprocess=deq)
+    train(model, data, steps=30, batch_size=64, lr=3e-3, preprocess=deq, progress=False, device="cpu")
+    assert evaluate(model, data, preprocess=deq) < before - 5
+
+
+def test_builders_reject_bad_options_clearly():
+    with pytest.raises(ValueError, match="flatten"):
+        models.nice((1, 8, 8))
+    with pytest.raises(ValueError, match="at least 2"):
+        models.realnvp(1)
+    with pytest.raises(ValueError, match="prior"):
+        models.nice(4, prior="cauchy")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        models.realnvp((1, 6, 6))
+    with pytest.raises(ValueError, match="single pixel"):
+        models.realnvp((1, 4, 4), num_scales=2)
+    with pytest.raises(ValueError, match="channels"):
+        models.realnvp((1, 8, 8), hidden=(8, 8))
+    with pytest.raises(ValueError, match="norm"):
+        models.realnvp(4, norm="layernorm")
+    with pytest.raises(ValueError, match="mask"):
+        models.realnvp(4, mask="stripes")
+    assert {"nice", "realnvp"} <= set(models.__all__)
