@@ -28,17 +28,15 @@ A table is printed and the results, with the validation curves, go to
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from coursepkg import models
+from coursepkg import models, training
 from coursepkg.data import DIGITS_LEVELS, Dequantize, load_digits
 from coursepkg.training import evaluate
 
@@ -90,79 +88,47 @@ def vector_model(args, target_params: int) -> torch.nn.Module:
 
 
 def train(model, name: str, data: dict, args) -> dict:
-    """Adam until the time budget or the patience runs out; keeps the best validation parameters."""
+    """``coursepkg.training.train`` within the time budget; scores the best validation parameters."""
     deq = Dequantize(DIGITS_LEVELS)
     reshape = (lambda x: x.flatten(1)) if name == "vector" else (lambda x: x)
     train_x, val_x, test_x = (reshape(data[k]) for k in ("train", "val", "test"))
-
-    torch.manual_seed(args.seed)
-    order_rng = torch.Generator().manual_seed(args.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, foreach=True)
-    curve = {"step": [], "seconds": [], "train_bpd": [], "val_bpd": []}
-    best = {"val_bpd": math.inf, "step": 0, "state": copy.deepcopy(model.state_dict())}
-    bad_evals, step, running, count = 0, 0, 0.0, 0
-    order, position = torch.randperm(len(train_x), generator=order_rng), 0
-    started = time.perf_counter()
-    model.train()
-    while True:
-        if position + args.batch_size > len(order):
-            order, position = torch.randperm(len(train_x), generator=order_rng), 0
-        x = deq(train_x[order[position : position + args.batch_size]])
-        position += args.batch_size
-        # The number of steps is not known in advance: anneal over the time budget.
-        fraction = min((time.perf_counter() - started) / args.seconds, 1.0)
-        if args.max_steps is not None:
-            fraction = max(fraction, step / args.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * fraction))
-        loss = -model.log_prob(x).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        optimizer.step()
-        step += 1
-        running, count = running + loss.item(), count + 1
-        finished = time.perf_counter() - started >= args.seconds
-        finished = finished or (args.max_steps is not None and step >= args.max_steps)
-        if step % args.eval_every == 0 or finished:
-            # evaluate() works in eval mode (running averages of batch norm), restores the train
-            # mode, and draws the validation noise from a fixed seed: every validation scores the
-            # same points.
-            val_bpd = nats_to_bpd(evaluate(model, val_x, preprocess=deq))
-            curve["step"].append(step)
-            curve["seconds"].append(round(time.perf_counter() - started, 2))
-            curve["train_bpd"].append(round(nats_to_bpd(running / count), 4))
-            curve["val_bpd"].append(round(val_bpd, 4))
-            running, count = 0.0, 0
-            if val_bpd < best["val_bpd"]:
-                best = {"val_bpd": val_bpd, "step": step, "state": copy.deepcopy(model.state_dict())}
-                bad_evals = 0
-            else:
-                bad_evals += 1
-            if args.verbose:
-                print(
-                    f"  {name} step {step:5d} {curve['seconds'][-1]:6.1f} s  "
-                    f"train {curve['train_bpd'][-1]:.3f}  val {val_bpd:.3f}",
-                    flush=True,
-                )
-            stalled = args.patience is not None and bad_evals >= args.patience
-            if finished or stalled:
-                break
-    seconds = time.perf_counter() - started
-    model.load_state_dict(best["state"])
-    model.eval()
+    history = training.train(
+        model,
+        train_x,
+        steps=args.max_steps,
+        max_seconds=args.seconds,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        clip_grad=args.clip_grad,
+        scheduler="cosine",  # annealed over the time budget (or the steps, if they run out first)
+        val_data=val_x,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        preprocess=deq,
+        seed=args.seed,
+        device="cpu",
+        progress=args.verbose,
+        log_every=args.eval_every,
+    )
+    # The best validation parameters are back in the model, in eval mode.
     test_bpd = nats_to_bpd(evaluate(model, test_x, preprocess=deq))
+    steps = max(history.steps[-1:] + history.val_steps[-1:])
     return {
         "model": name,
         "params": num_params(model),
-        "steps": step,
-        "seconds": round(seconds, 1),
-        "steps_per_second": round(step / seconds, 2),
-        "best_step": best["step"],
-        "best_val_bpd": round(best["val_bpd"], 4),
+        "steps": steps,
+        "seconds": round(history.elapsed, 1),
+        "steps_per_second": round(steps / history.elapsed, 2),
+        "best_step": history.best_step,
+        "best_val_bpd": round(nats_to_bpd(history.best_val_loss), 4),
         "test_bpd": round(test_bpd, 4),
-        "stopped_early": bool(stalled and not finished),
-        "curve": curve,
+        "stopped_early": history.stopped_early,
+        "curve": {
+            "step": history.val_steps,
+            "train_bpd": [round(nats_to_bpd(v), 4) for v in history.train_loss],
+            "train_step": history.steps,
+            "val_bpd": [round(nats_to_bpd(v), 4) for v in history.val_loss],
+        },
     }
 
 
@@ -189,7 +155,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--vector-layers", type=int, default=8, help="vector model: couplings")
     parser.add_argument("--vector-hidden", type=int, default=None, help="default: match the parameters")
     parser.add_argument("--out", type=Path, default=RESULTS / "digits_bpd.json")
-    parser.add_argument("--verbose", action="store_true", help="print every validation")
+    parser.add_argument("--verbose", action="store_true", help="show a progress bar")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

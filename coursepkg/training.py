@@ -56,6 +56,7 @@ class History:
         best_step: the step with the lowest validation loss (``None`` without validation data).
         best_val_loss: that lowest validation loss.
         stopped_early: whether ``patience`` ended training before ``steps``.
+        out_of_time: whether the ``max_seconds`` budget ended training before ``steps``.
         elapsed: seconds spent training, summed over resumed runs.
         lr: the learning rate of the last step before each log entry.
     """
@@ -67,6 +68,7 @@ class History:
     best_step: int | None = None
     best_val_loss: float | None = None
     stopped_early: bool = False
+    out_of_time: bool = False
     elapsed: float = 0.0
     lr: list[float] = field(default_factory=list)
 
@@ -90,6 +92,8 @@ class History:
             parts.append(f"best val loss {self.best_val_loss:.4g} at step {self.best_step}")
         if self.stopped_early:
             parts.append("stopped early")
+        if self.out_of_time:
+            parts.append("out of time")
         parts.append(f"{self.elapsed:.1f} s")
         return f"History({', '.join(parts)})"
 
@@ -188,7 +192,8 @@ def train(
     model: nn.Module,
     data,
     *,
-    steps: int = 1000,
+    steps: int | None = 1000,
+    max_seconds: float | None = None,
     batch_size: int = 256,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
@@ -229,7 +234,11 @@ def train(
             - a function ``data(n) -> Tensor``, handled like ``sample``.
 
             Floating-point batches are cast to the model's dtype.
-        steps: number of optimizer updates.
+        steps: number of optimizer updates; ``None`` for no limit (``max_seconds`` must be set).
+        max_seconds: a wall-clock budget in seconds (validations included, summed over resumed
+            runs): training stops after the first step that reaches it. Use it to compare
+            models of different speeds fairly ("what does each reach in a minute?"). A run with
+            a budget depends on the machine's speed, so it is not reproducible step for step.
         batch_size: samples per step.
         lr, weight_decay: of the default Adam optimizer.
         clip_grad: largest total gradient norm; ``None`` turns clipping off.
@@ -250,7 +259,9 @@ def train(
             the run depends on the generators' current state.
         optimizer: an optimizer already built on ``model.parameters()``, replacing Adam.
         scheduler: ``None`` (constant learning rate) or ``"cosine"``: cosine annealing from the
-            optimizer's learning rate down to 0 at ``steps``.
+            optimizer's learning rate down to 0 at ``steps``. With ``max_seconds`` the cosine
+            follows whichever runs out first: its phase is the larger of the fraction of the
+            steps done and the fraction of the time budget spent.
         checkpoint: a file that receives the whole training state every ``checkpoint_every``
             steps and at the end (written atomically). With ``resume=True`` an existing file is
             picked up: training continues at its step and ends with the same parameters and
@@ -278,8 +289,16 @@ def train(
             step and the first layer whose output was not finite; the model keeps the parameters
             it had before that step.
     """
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-        raise ValueError(f"steps must be an integer of at least 0, got {steps!r}")
+    if steps is not None and (
+        isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0
+    ):
+        raise ValueError(f"steps must be an integer of at least 0 or None, got {steps!r}")
+    if max_seconds is not None:
+        if isinstance(max_seconds, bool) or not isinstance(max_seconds, numbers.Real) or not max_seconds > 0:
+            raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}")
+        max_seconds = float(max_seconds)
+    elif steps is None:
+        raise ValueError("steps=None trains without a step limit: give max_seconds, a time budget")
     _check_positive(
         batch_size=batch_size, eval_every=eval_every, log_every=log_every, checkpoint_every=checkpoint_every
     )
@@ -288,7 +307,8 @@ def train(
         if val_data is None:
             raise ValueError("patience needs val_data: early stopping watches the validation loss")
     # Plain ints (not NumPy's) keep the checkpoint loadable with weights_only=True.
-    steps, batch_size, eval_every, log_every = int(steps), int(batch_size), int(eval_every), int(log_every)
+    steps = None if steps is None else int(steps)
+    batch_size, eval_every, log_every = int(batch_size), int(eval_every), int(log_every)
     checkpoint_every = int(checkpoint_every)
     patience = None if patience is None else int(patience)
     if clip_grad is not None and not clip_grad > 0:
@@ -318,12 +338,15 @@ def train(
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=float(lr), weight_decay=float(weight_decay))
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    if scheduler is None:
-        schedule = None
-    elif scheduler == "cosine":
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    else:
+    if scheduler not in (None, "cosine"):
         raise ValueError(f"scheduler must be None or 'cosine', got {scheduler!r}")
+    schedule = None
+    timed_cosine = scheduler == "cosine" and max_seconds is not None
+    if scheduler == "cosine" and not timed_cosine:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    for group in optimizer.param_groups:
+        # The peak of a time-based cosine (torch's schedulers keep it under the same key).
+        group.setdefault("initial_lr", group["lr"])
 
     val = None
     if val_data is not None:
@@ -336,6 +359,7 @@ def train(
 
     config = dict(
         steps=steps,
+        max_seconds=max_seconds,
         batch_size=batch_size,
         lr=float(lr),
         weight_decay=float(weight_decay),
@@ -353,7 +377,12 @@ def train(
         _load_model(model, saved["model"], checkpoint, "pass resume=False to start afresh")
         _warn_config_changes(saved["config"], config, checkpoint)
         final = saved["final"]
-        if final is not None and (saved["step"] >= steps or final["history"]["stopped_early"]):
+        history_saved = final["history"] if final is not None else None
+        if final is not None and (
+            (steps is not None and saved["step"] >= steps)
+            or history_saved["stopped_early"]
+            or (max_seconds is not None and history_saved["elapsed"] >= max_seconds)
+        ):
             if final["best_state"] is not None:
                 model.load_state_dict(final["best_state"])
             model.eval()
@@ -395,7 +424,7 @@ def train(
 
     bar = tqdm(
         total=steps,
-        initial=min(step, steps),
+        initial=step if steps is None else min(step, steps),
         desc=desc,
         unit="step",
         leave=True,
@@ -406,9 +435,15 @@ def train(
     started = time.perf_counter()
     elapsed_before = tracker.history.elapsed
     lr_now = _lr(optimizer)
+    max_steps = math.inf if steps is None else steps
+
+    def spent() -> float:
+        return elapsed_before + time.perf_counter() - started
+
+    out_of_time = max_seconds is not None and spent() >= max_seconds
     model.train()
     try:
-        while step < steps and not tracker.stopped:
+        while step < max_steps and not tracker.stopped and not out_of_time:
             raw = batches.next()
             x = _to_model(raw, device, dtype)
             if preprocess is not None:
@@ -433,6 +468,11 @@ def train(
                 # The same rescaling as torch.nn.utils.clip_grad_norm_, whose norm we already have.
                 for g in grads:
                     g.mul_(clip_grad / (norm + 1e-6))
+            if timed_cosine:
+                phase = min(1.0, max(step / max_steps, spent() / max_seconds))
+                for group in optimizer.param_groups:
+                    peak = group.get("initial_lr", group["lr"])
+                    group["lr"] = peak * 0.5 * (1.0 + math.cos(math.pi * phase))
             lr_now = _lr(optimizer)
             optimizer.step()
             if schedule is not None:
@@ -446,8 +486,9 @@ def train(
                 bar.set_postfix(tracker.postfix(), refresh=False)
             if val is not None and step % eval_every == 0:
                 validate()
+            out_of_time = max_seconds is not None and spent() >= max_seconds
             # The last step saves below, after the end-of-run extras.
-            finishing = step == steps or tracker.stopped
+            finishing = step == max_steps or tracker.stopped or out_of_time
             if checkpoint is not None and step % checkpoint_every == 0 and not finishing:
                 tracker.history.elapsed = elapsed_before + time.perf_counter() - started
                 save(tracker.state_dict(), _rng_states())
@@ -464,6 +505,7 @@ def train(
             validate()
         tracker.history.elapsed = elapsed_before + time.perf_counter() - started
         history = tracker.finish()
+        history.out_of_time = bool(out_of_time and step < max_steps and not tracker.stopped)
         if checkpoint is not None:
             save(resumable, rng, final={"history": history.to_dict(), "best_state": tracker.best_state})
     finally:

@@ -360,6 +360,58 @@ def test_cosine_schedule_anneals_to_zero():
     assert history.lr[-1] < 1e-3
 
 
+class FakeClock:
+    """``time.perf_counter`` that advances by ``tick`` seconds at every call."""
+
+    def __init__(self, tick):
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+
+def test_time_budget_stops_training_and_anneals_over_the_budget(monkeypatch):
+    import coursepkg.training as training
+
+    monkeypatch.setattr(training.time, "perf_counter", FakeClock(0.1))
+    history = train(
+        make_flow(), gaussian_sample(), steps=None, max_seconds=5.0, lr=0.1, scheduler="cosine",
+        log_every=1, **QUIET,
+    )  # fmt: skip
+    assert history.out_of_time and not history.stopped_early
+    assert 5.0 <= history.elapsed < 5.5
+    assert 5 < history.steps[-1] < 50  # some steps, far fewer than 50 ticks of 0.1 s
+    # The cosine follows the clock: it starts near the peak and ends near 0, decreasing.
+    assert 0.09 < history.lr[0] <= 0.1
+    assert history.lr[-1] < 0.01
+    assert history.lr == sorted(history.lr, reverse=True)
+
+
+def test_steps_end_a_timed_run_when_they_come_first():
+    history = train(make_flow(), gaussian_sample(), steps=7, max_seconds=600, scheduler="cosine", **QUIET)
+    assert history.steps[-1] == 7 and not history.out_of_time
+    assert history.lr[-1] < 1e-4  # annealed by the step count (peak 1e-3): near 0 at the last step
+
+
+def test_time_budget_on_the_real_clock_keeps_the_best_validation_state():
+    data, val = gaussian_sample(), gaussian_sample(256, seed=5)
+    model = make_flow()
+    history = train(model, data, steps=None, max_seconds=0.5, val_data=val, eval_every=5, lr=0.05, **QUIET)
+    assert history.out_of_time and history.elapsed >= 0.5
+    assert history.val_steps[-1] == history.steps[-1]  # the last step is validated too
+    assert evaluate(model, val) == pytest.approx(history.best_val_loss, rel=1e-6)
+
+
+def test_time_budget_arguments_are_checked():
+    data = gaussian_sample()
+    with pytest.raises(ValueError, match="give max_seconds"):
+        train(make_flow(), data, steps=None, **QUIET)
+    for bad in (0, -1.0, True, "60"):
+        with pytest.raises(ValueError, match="max_seconds must be a positive number"):
+            train(make_flow(), data, steps=5, max_seconds=bad, **QUIET)
+
+
 def test_progress_bar_shows_unless_switched_off(capsys, monkeypatch):
     data = gaussian_sample()
     monkeypatch.delenv("COURSEPKG_PROGRESS", raising=False)
