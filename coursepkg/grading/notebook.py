@@ -486,9 +486,12 @@ def extract_program(notebook: Notebook, forbidden: tuple[str, ...] = (), label: 
         parsed.append((cell, source, tree, error))
         if tree is None:
             continue
-        for node in tree.body:
+        # An import inside a function of a graded cell binds coursepkg names too.
+        nodes = ast.walk(tree) if cell.kind == "exercise" else tree.body
+        for node in nodes:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                callables.update(_import_names(node))
+                if node in tree.body:
+                    callables.update(_import_names(node))
                 if isinstance(node, ast.Import):
                     for alias in node.names:
                         if _is_coursepkg(alias.name):
@@ -521,10 +524,11 @@ def extract_program(notebook: Notebook, forbidden: tuple[str, ...] = (), label: 
             for i, node in enumerate(tree.body):
                 if _is_stub(node):
                     stubs.add(exercise)
-                if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    issue = issue or extractor.import_issue(node)
                 if extractor.keep(node):
                     keep.append(i)
+            for node in ast.walk(tree):  # imports inside functions and classes too
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    issue = issue or extractor.import_issue(node)
             issue = issue or extractor.usage_issue(tree)
             if issue:
                 problems.setdefault(

@@ -149,6 +149,15 @@ while True:
         ("from coursepkg.layers import *\n", "imports everything from `coursepkg.layers`"),
         ("from coursepkg.layers import Planar as P, ElementwiseAffine as E\n", "imports `ElementwiseAffine`"),
         ("from coursepkg.grading.references import ch99\n", "the grader"),
+        (
+            "def f(x):\n    from coursepkg.layers import ElementwiseAffine\n    return ElementwiseAffine(2)(x)\n",
+            "imports `ElementwiseAffine` from coursepkg",
+        ),
+        (
+            "class A:\n    def f(self, x):\n        import coursepkg.layers as cl\n"
+            "        return cl.ElementwiseAffine(2)(x)\n",
+            "uses `cl.ElementwiseAffine`",
+        ),
     ],
 )
 def test_graded_cells_that_cannot_be_graded(cell, problem):

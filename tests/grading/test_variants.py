@@ -1,4 +1,4 @@
-"""Hand-made wrong variants of the reference solutions of chapters 1 and 2 must lose points.
+"""Hand-made wrong variants of the reference solutions must lose points.
 
 Each variant is a textual edit of one graded cell of a copy of ``solutions/NN_*.ipynb``: a flipped
 sign of a log-determinant, a missing term, an off-by-one bin index, a summed axis, a forced dtype,
@@ -23,13 +23,18 @@ from coursepkg.grading.runner import Limits, grade_probes
 from coursepkg.grading.spec import get_set
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = {"ch01": "01_change_of_variables.ipynb", "ch02": "02_jacobians.ipynb"}
+NOTEBOOKS = {
+    "ch01": "01_change_of_variables.ipynb",
+    "ch02": "02_jacobians.ipynb",
+    "ch03": "03_nice.ipynb",
+    "ch04": "04_realnvp.ipynb",
+}
 
 # Exercises whose tests also run the definitions of another exercise.
 DEPENDS = {"ch01-experiment": "ch01-knots", "ch02-stack": "ch02-jacobian"}
 
 # (exercise id, old text, new text, name of the test that must fail, or "any")
-VARIANTS = [
+VARIANTS_CH01_CH02 = [
     ("ch01-density", "+ log_abs_derivative", "- log_abs_derivative", "density_values"),
     (
         "ch01-density",
@@ -282,6 +287,134 @@ VARIANTS = [
         "stack_gap",
     ),
 ]
+# Chapter 3 (NICE).
+DEPENDS_CH03: dict[str, str] = {"ch03-experiment": "ch03-likelihood"}
+VARIANTS_CH03: list[tuple[str, str, str, str]] = [
+    # The mask not complemented: the kept half is shifted, the other half passes unchanged.
+    (
+        "ch03-coupling",
+        "shift = self.shift_net(x * keep) * (1 - keep)",
+        "shift = self.shift_net(x * keep) * keep",
+        "coupling_forward",
+    ),
+    ("ch03-coupling", "return z - shift", "return z + shift", "coupling_inverse"),
+    # The inverse computes its shift from the wrong half of z.
+    ("ch03-coupling", "self.shift_net(z * keep)", "self.shift_net(z * (1 - keep))", "coupling_inverse"),
+    ("ch03-coupling", "keep = self.mask.to(x.dtype)  #", "keep = self.mask.double()  #", "coupling_float32"),
+    (
+        "ch03-scaling",
+        "return z, self.log_scale.sum().expand(x.shape[0])",
+        "return z, -self.log_scale.sum().expand(x.shape[0])",
+        "scaling_log_det",
+    ),
+    # exp and log confused: the sum of the scales instead of the sum of the log-scales.
+    (
+        "ch03-scaling",
+        "return z, self.log_scale.sum().expand(x.shape[0])",
+        "return z, torch.exp(self.log_scale).sum().expand(x.shape[0])",
+        "scaling_log_det",
+    ),
+    # The log-determinant summed over the batch axis instead of the feature axis.
+    (
+        "ch03-scaling",
+        "return z, self.log_scale.sum().expand(x.shape[0])",
+        "return z, (torch.zeros_like(x) + self.log_scale).sum(0)",
+        "scaling_log_det",
+    ),
+    (
+        "ch03-scaling",
+        "-(F.softplus(z) + F.softplus(-z)).sum(1)",
+        "-(F.softplus(z) + F.softplus(-z)).sum(0)",
+        "logistic_values",
+    ),
+    (
+        "ch03-scaling",
+        "return -(F.softplus(z) + F.softplus(-z)).sum(1)",
+        "return (F.softplus(z) + F.softplus(-z)).sum(1)",
+        "logistic_values",
+    ),
+    # The textbook formula, which underflows to log(0) for large |z|.
+    (
+        "ch03-scaling",
+        "return -(F.softplus(z) + F.softplus(-z)).sum(1)",
+        "return torch.log(torch.sigmoid(z) * torch.sigmoid(-z)).sum(1)",
+        "logistic_stable",
+    ),
+    (
+        "ch03-likelihood",
+        "return log_prior(z) + log_det",
+        "return log_prior(z) - log_det",
+        "likelihood_values",
+    ),
+    # The inverses applied in the forward order.
+    ("ch03-likelihood", "for layer in reversed(layers):", "for layer in layers:", "sample_distribution"),
+    ("ch03-experiment", "math.exp(2 * entropy / dim)", "math.exp(entropy / dim)", "bound_values"),
+    # Gradient ascent on the negative log-likelihood.
+    (
+        "ch03-experiment",
+        "loss = -nice_log_prob(layers, batch, normal_log_prob).mean()",
+        "loss = nice_log_prob(layers, batch, normal_log_prob).mean()",
+        "fit_values",
+    ),
+]
+
+# Chapter 4 (RealNVP).
+DEPENDS_CH04: dict[str, str] = {"ch04-experiment": "ch04-coupling"}
+VARIANTS_CH04: list[tuple[str, str, str, str]] = [
+    ("ch04-masks", "(rows + columns) % 2 == parity", "(rows + columns) % 2 != parity", "checkerboard_values"),
+    (
+        "ch04-masks",
+        "torch.arange(channels) < channels // 2",
+        "torch.arange(channels) < (channels + 1) // 2",
+        "channel_values",
+    ),
+    (
+        "ch04-squeeze",
+        "blocks.permute(0, 1, 3, 5, 2, 4)",
+        "blocks.permute(0, 1, 5, 3, 2, 4)",
+        "squeeze_values",
+    ),
+    (
+        "ch04-squeeze",
+        "blocks.permute(0, 1, 3, 5, 2, 4)",
+        "blocks.permute(1, 0, 3, 5, 2, 4)",
+        "squeeze_round_trip",
+    ),
+    (
+        "ch04-squeeze",
+        "blocks.permute(0, 1, 4, 2, 5, 3)",
+        "blocks.permute(0, 1, 4, 3, 5, 2)",
+        "squeeze_round_trip",
+    ),
+    ("ch04-coupling", "return z, s.sum(dim=1)", "return z, -s.sum(dim=1)", "coupling_log_det"),
+    ("ch04-coupling", "return z, s.sum(dim=1)", "return z, s.sum(dim=0)", "coupling_forward"),
+    ("ch04-coupling", "free = 1 - keep", "free = keep", "coupling_forward"),
+    ("ch04-coupling", "self.conditioner(v * keep)", "self.conditioner(v)", "coupling_log_det"),
+    ("ch04-coupling", "z = x * torch.exp(s) + t", "z = x * s + t", "coupling_forward"),
+    (
+        "ch04-coupling",
+        "s = self.scale_bound * torch.tanh(s_raw / self.scale_bound) * free",
+        "s = s_raw * free",
+        "coupling_clamp",
+    ),
+    ("ch04-coupling", "x = (z - t) * torch.exp(-s)", "x = z * torch.exp(-s) - t", "coupling_inverse"),
+    (
+        "ch04-experiment",
+        "keeps_first = k % 2 == 0 or not alternate",
+        "keeps_first = k % 2 == 0",
+        "alternating_masks",
+    ),
+    (
+        "ch04-experiment",
+        "-(base.log_prob(z) + log_det).mean()",
+        "-(base.log_prob(z) - log_det).mean()",
+        "alternating_masks",
+    ),
+]
+
+VARIANTS = VARIANTS_CH01_CH02 + VARIANTS_CH03 + VARIANTS_CH04
+DEPENDS.update(DEPENDS_CH03)
+DEPENDS.update(DEPENDS_CH04)
 
 
 def _label(variant) -> str:
