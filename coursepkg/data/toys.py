@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -352,19 +353,39 @@ class TwoMoons(ToyDistribution):
     :math:`(1 - \cos t, \tfrac12 - \sin t)` with :math:`t \sim U[0, \pi]`, each moon drawn with
     probability 1/2; Gaussian noise of standard deviation ``noise`` is added (in these units),
     and the result is shifted by :math:`-(\tfrac12, \tfrac14)` and multiplied by 2 so that it is
-    centred at the origin with a spread comparable to a standard normal's. Sample-only: the
-    density of a noisy curve has no closed form.
+    centred at the origin with a spread comparable to a standard normal's.
+
+    The density is a Gaussian blurred along each arc,
+
+    .. math::
+
+        p(x) = \frac{1}{2} \sum_{k=1}^{2} \frac{1}{\pi} \int_0^\pi
+        \mathcal{N}\bigl(x;\ \mu_k(t),\ \sigma^2 I\bigr)\, dt, \qquad \sigma = 2\,\text{noise},
+
+    with :math:`\mu_k(t)` the scaled and shifted arc points. The integral has no closed form;
+    :meth:`log_prob` evaluates it by Gauss-Legendre quadrature with ``num_nodes`` nodes per arc,
+    which converges exponentially fast once the nodes are closer than :math:`\sigma` along the
+    arc (for the default noise, 128 nodes already agree with 8192 to 1e-10 in log p; the default
+    has room for noise down to about 0.02).
+
+    Args:
+        noise: the standard deviation of the noise before scaling; ``log_prob`` needs it positive.
+        num_nodes: quadrature nodes per arc for ``log_prob``.
     """
 
     name = "two_moons"
     dim = 2
     bounds = ((-3.5, 3.5), (-2.0, 2.0))
-    has_log_prob = False
 
-    def __init__(self, noise: float = 0.05):
+    def __init__(self, noise: float = 0.05, num_nodes: int = 256):
         if noise < 0:
             raise ValueError(f"noise must be non-negative, got {noise}")
+        if int(num_nodes) != num_nodes or num_nodes < 1:
+            raise ValueError(f"num_nodes must be a positive integer, got {num_nodes!r}")
         self.noise = float(noise)
+        self.num_nodes = int(num_nodes)
+        # Noise-free moons are curves: they have no density.
+        self.has_log_prob = self.noise > 0
 
     def _sample(self, n, generator):
         upper = torch.rand(n, generator=generator) < 0.5  # (n,)
@@ -375,6 +396,29 @@ class TwoMoons(ToyDistribution):
         points = torch.stack([x, y], 1)  # (n, 2)
         points = points + self.noise * torch.randn(n, 2, generator=generator, dtype=torch.float64)
         return 2 * (points - torch.tensor([0.5, 0.25], dtype=torch.float64))
+
+    def _quadrature(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nodes on both arcs, in the samples' units, ``(2K, 2)``, and their log-weights ``(2K,)``.
+
+        The weights average over ``t`` in ``[0, pi]`` and over the two moons: they sum to 1.
+        """
+        u, w = np.polynomial.legendre.leggauss(self.num_nodes)  # nodes and weights on [-1, 1]
+        t = torch.from_numpy((u + 1) * math.pi / 2)
+        upper = torch.stack([t.cos(), t.sin()], dim=1)
+        lower = torch.stack([1 - t.cos(), 0.5 - t.sin()], dim=1)
+        nodes = 2 * (torch.cat([upper, lower]) - torch.tensor([0.5, 0.25], dtype=torch.float64))
+        log_weights = torch.from_numpy(np.log(w / 4)).repeat(2)
+        return nodes, log_weights
+
+    def _log_prob(self, x):
+        nodes, log_weights = (t.to(x.device) for t in self._quadrature())  # (2K, 2), (2K,)
+        sigma = 2 * self.noise
+        out = []
+        for chunk in x.double().split(8192):  # bounds the (chunk, 2K) matrix of distances
+            squared = torch.cdist(chunk, nodes).square()  # (n, 2K)
+            out.append(torch.logsumexp(log_weights - 0.5 * squared / sigma**2, dim=1))
+        log_p = torch.cat(out) if out else x.new_zeros(0, dtype=torch.float64)
+        return (log_p - math.log(2 * math.pi * sigma**2)).to(x.dtype)
 
     def _params(self):
         return f"noise={self.noise}"
