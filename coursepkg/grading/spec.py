@@ -21,6 +21,7 @@ registers another one from a module or a file path (the grader's own tests do th
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
@@ -44,6 +45,10 @@ __all__ = [
     "SpecError",
     "default_compare",
     "describe",
+    "ForbiddenCall",
+    "switched_off",
+    "brute_force_jacobian_calls",
+    "determinant_calls",
     "available_sets",
     "get_set",
     "load_set",
@@ -416,6 +421,71 @@ def _compare_dict(student: dict, reference: dict, what: str | None, rtol: float,
 
 _REGISTRY: dict[str, ExerciseSet] = {}
 _LOCK = threading.RLock()
+
+
+class ForbiddenCall(RuntimeError):
+    """A graded function called code that would give the exercise's answer away."""
+
+
+def _refuse(label: str, why: str) -> Callable:
+    def refuse(*args, **kwargs):
+        raise ForbiddenCall(f"{label} was called: {why}")
+
+    return refuse
+
+
+@contextlib.contextmanager
+def switched_off(calls: Iterable[tuple[Any, str, str, str]]):
+    """Within the block, every ``owner.attribute`` of ``calls`` raises :class:`ForbiddenCall`.
+
+    Probes wrap the student's code in it, so that a graded function cannot lean on the package's
+    answer even through an attribute access that the grader's static import check does not see.
+
+    Args:
+        calls: ``(owner, attribute, label, why)``: a module or class, the attribute to replace
+            (skipped when the owner lacks it), the name the message gives, and why it is refused.
+            A class's attribute is replaced on the class itself, so its instances and subclasses
+            refuse too. Everything is put back as it was on exit, exceptions included.
+    """
+    saved = []
+    try:
+        for owner, attribute, label, why in calls:
+            if not hasattr(owner, attribute):
+                continue
+            own = vars(owner)
+            saved.append((owner, attribute, attribute in own, own.get(attribute)))
+            setattr(owner, attribute, _refuse(label, why))
+        yield
+    finally:
+        for owner, attribute, had_own, original in reversed(saved):
+            if had_own:
+                setattr(owner, attribute, original)
+            else:  # it was inherited: removing the replacement uncovers it again
+                delattr(owner, attribute)
+
+
+def brute_force_jacobian_calls(why: str) -> list[tuple[Any, str, str, str]]:
+    """The ``calls`` of :func:`switched_off` for coursepkg's brute-force Jacobian, every way in."""
+    import coursepkg
+    import coursepkg.jacobian as jacobian_module
+
+    return [
+        (coursepkg, "brute_force_jacobian", "coursepkg.brute_force_jacobian", why),
+        (coursepkg, "log_abs_det_jacobian", "coursepkg.log_abs_det_jacobian", why),
+        (jacobian_module, "jacobian", "coursepkg.jacobian.jacobian", why),
+        (jacobian_module, "log_abs_det_jacobian", "coursepkg.jacobian.log_abs_det_jacobian", why),
+    ]
+
+
+def determinant_calls(why: str) -> list[tuple[Any, str, str, str]]:
+    """The ``calls`` of :func:`switched_off` for torch's determinant functions."""
+    import torch
+
+    return [
+        (module, name, f"{label}.{name}", why)
+        for module, label in ((torch.linalg, "torch.linalg"), (torch, "torch"))
+        for name in ("det", "slogdet", "logdet")
+    ]
 
 
 def _specs_package_names() -> list[str]:

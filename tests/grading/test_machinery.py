@@ -501,3 +501,37 @@ def test_exercises_are_in_sync_with_solutions():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- switching off the package's answers during probes ----------------------------------------------
+
+
+def test_switched_off_refuses_calls_then_restores_everything():
+    import types
+
+    from coursepkg.grading.spec import ForbiddenCall, switched_off
+
+    class Base:
+        def forward(self):
+            return "base"
+
+    class Child(Base):
+        pass
+
+    module = types.SimpleNamespace(answer=lambda: 42)
+    original = module.answer
+    calls = [
+        (module, "answer", "pkg.answer", "write your own"),
+        (Child, "forward", "Child.forward", "write your own"),
+        (module, "absent", "pkg.absent", "skipped"),
+    ]
+    with pytest.raises(ZeroDivisionError), switched_off(calls):
+        with pytest.raises(ForbiddenCall, match=r"^pkg.answer was called: write your own$"):
+            module.answer()
+        with pytest.raises(ForbiddenCall, match="Child.forward was called"):
+            Child().forward()
+        assert Base().forward() == "base"  # only the class named is switched off
+        1 / 0  # noqa: B018 (the attributes come back even when the block fails)
+    assert module.answer is original and module.answer() == 42
+    assert "forward" not in vars(Child) and Child().forward() == "base"
+    assert not hasattr(module, "absent")

@@ -9,12 +9,18 @@ even through an attribute access such as ``coursepkg.log_abs_det_jacobian``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
-from coursepkg.grading.spec import ExerciseSet, default_compare
+from coursepkg.grading.spec import (
+    ExerciseSet,
+    ForbiddenCall,
+    brute_force_jacobian_calls,
+    default_compare,
+    determinant_calls,
+    switched_off,
+)
 
 SET = ExerciseSet(
     "ch02",
@@ -23,44 +29,16 @@ SET = ExerciseSet(
 )
 
 
-class ForbiddenCall(RuntimeError):
-    pass
-
-
-def _refuse(name: str, why: str):
-    def refuse(*args, **kwargs):
-        raise ForbiddenCall(f"{name} was called: {why}")
-
-    return refuse
-
-
-@contextlib.contextmanager
 def _switched_off(determinants: bool = False):
-    """Replace coursepkg's brute-force Jacobian (and torch's determinants) by functions that raise."""
-    import coursepkg
-    import coursepkg.jacobian as jacobian_module
-
-    why = "this exercise asks for your own code, not coursepkg's brute-force Jacobian"
-    patches = [
-        (coursepkg, "brute_force_jacobian", _refuse("coursepkg.brute_force_jacobian", why)),
-        (coursepkg, "log_abs_det_jacobian", _refuse("coursepkg.log_abs_det_jacobian", why)),
-        (jacobian_module, "jacobian", _refuse("coursepkg.jacobian.jacobian", why)),
-        (jacobian_module, "log_abs_det_jacobian", _refuse("coursepkg.jacobian.log_abs_det_jacobian", why)),
-    ]
+    """coursepkg's brute-force Jacobian (and torch's determinants) raise within the block."""
+    calls = brute_force_jacobian_calls(
+        "this exercise asks for your own code, not coursepkg's brute-force Jacobian"
+    )
     if determinants:
-        why = "the O(D) log-determinant comes from the diagonal, without a determinant function"
-        for module, label in ((torch.linalg, "torch.linalg"), (torch, "torch")):
-            for name in ("det", "slogdet", "logdet"):
-                if hasattr(module, name):
-                    patches.append((module, name, _refuse(f"{label}.{name}", why)))
-    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
-    try:
-        for module, name, replacement in patches:
-            setattr(module, name, replacement)
-        yield
-    finally:
-        for module, name, original in saved:
-            setattr(module, name, original)
+        calls += determinant_calls(
+            "the O(D) log-determinant comes from the diagonal, without a determinant function"
+        )
+    return switched_off(calls)
 
 
 # -- ch02-jacobian --------------------------------------------------------------------------------

@@ -13,14 +13,19 @@ Exercises 3 and 4 run the student's code on stacks of coursepkg's own ``Additive
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from coursepkg.grading.spec import ExerciseSet, default_compare
+from coursepkg.grading.spec import (
+    ExerciseSet,
+    brute_force_jacobian_calls,
+    default_compare,
+    determinant_calls,
+    switched_off,
+)
 
 SET = ExerciseSet(
     "ch03",
@@ -48,38 +53,18 @@ SET = ExerciseSet(
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class ForbiddenCall(RuntimeError):
-    pass
-
-
-def _refuse(name: str, why: str):
-    def refuse(*args, **kwargs):
-        raise ForbiddenCall(f"{name} was called: {why}")
-
-    return refuse
-
-
-@contextlib.contextmanager
 def _switched_off(layers: bool = True):
-    """Replace coursepkg's brute-force Jacobian, torch's determinants and (``layers``) the coursepkg
-    layers that answer exercises 1 and 2 by functions that raise :class:`ForbiddenCall`."""
-    import coursepkg
-    import coursepkg.jacobian as jacobian_module
+    """coursepkg's brute-force Jacobian, torch's determinants and (``layers``) the coursepkg
+    layers that answer exercises 1 and 2 raise :class:`ForbiddenCall` within the block."""
     from coursepkg.distributions import StandardLogistic
     from coursepkg.layers import coupling, elementwise
 
-    why = "the exercise asks for your own code, without coursepkg's brute-force Jacobian"
-    patches = [
-        (coursepkg, "brute_force_jacobian", _refuse("coursepkg.brute_force_jacobian", why)),
-        (coursepkg, "log_abs_det_jacobian", _refuse("coursepkg.log_abs_det_jacobian", why)),
-        (jacobian_module, "jacobian", _refuse("coursepkg.jacobian.jacobian", why)),
-        (jacobian_module, "log_abs_det_jacobian", _refuse("coursepkg.jacobian.log_abs_det_jacobian", why)),
-    ]
-    why = "a NICE layer's log-determinant has a closed form, without a determinant function"
-    for module, label in ((torch.linalg, "torch.linalg"), (torch, "torch")):
-        for name in ("det", "slogdet", "logdet"):
-            if hasattr(module, name):
-                patches.append((module, name, _refuse(f"{label}.{name}", why)))
+    calls = brute_force_jacobian_calls(
+        "the exercise asks for your own code, without coursepkg's brute-force Jacobian"
+    )
+    calls += determinant_calls(
+        "a NICE layer's log-determinant has a closed form, without a determinant function"
+    )
     if layers:
         why = "this exercise asks for your own implementation, not coursepkg's"
         for cls in (
@@ -88,21 +73,15 @@ def _switched_off(layers: bool = True):
             elementwise.Logit,
             elementwise.Sigmoid,
         ):
-            for method in ("forward", "inverse"):
-                patches.append((cls, method, _refuse(f"coursepkg's {cls.__name__}.{method}", why)))
-        for method in ("log_prob", "sample"):
-            patches.append((StandardLogistic, method, _refuse(f"coursepkg's StandardLogistic.{method}", why)))
-    saved = [
-        (target, name, target.__dict__[name] if isinstance(target, type) else getattr(target, name))
-        for target, name, _ in patches
-    ]
-    try:
-        for target, name, replacement in patches:
-            setattr(target, name, replacement)
-        yield
-    finally:
-        for target, name, original in saved:
-            setattr(target, name, original)
+            calls += [
+                (cls, method, f"coursepkg's {cls.__name__}.{method}", why)
+                for method in ("forward", "inverse")
+            ]
+        calls += [
+            (StandardLogistic, method, f"coursepkg's StandardLogistic.{method}", why)
+            for method in ("log_prob", "sample")
+        ]
+    return switched_off(calls)
 
 
 def _brute_log_det(fn, x):
