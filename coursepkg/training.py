@@ -344,9 +344,6 @@ def train(
     timed_cosine = scheduler == "cosine" and max_seconds is not None
     if scheduler == "cosine" and not timed_cosine:
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    for group in optimizer.param_groups:
-        # The peak of a time-based cosine (torch's schedulers keep it under the same key).
-        group.setdefault("initial_lr", group["lr"])
 
     val = None
     if val_data is not None:
@@ -377,12 +374,12 @@ def train(
         _load_model(model, saved["model"], checkpoint, "pass resume=False to start afresh")
         _warn_config_changes(saved["config"], config, checkpoint)
         final = saved["final"]
-        history_saved = final["history"] if final is not None else None
-        if final is not None and (
+        finished = final is not None and (
             (steps is not None and saved["step"] >= steps)
-            or history_saved["stopped_early"]
-            or (max_seconds is not None and history_saved["elapsed"] >= max_seconds)
-        ):
+            or final["history"]["stopped_early"]
+            or (max_seconds is not None and final["history"]["elapsed"] >= max_seconds)
+        )
+        if finished:
             if final["best_state"] is not None:
                 model.load_state_dict(final["best_state"])
             model.eval()
@@ -436,6 +433,13 @@ def train(
     elapsed_before = tracker.history.elapsed
     lr_now = _lr(optimizer)
     max_steps = math.inf if steps is None else steps
+    # The peaks of a time-based cosine, kept where torch's schedulers keep theirs (so that a
+    # resumed run, whose optimizer state holds them, anneals from the same peaks).
+    peaks = (
+        [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        if timed_cosine
+        else []
+    )
 
     def spent() -> float:
         return elapsed_before + time.perf_counter() - started
@@ -470,8 +474,7 @@ def train(
                     g.mul_(clip_grad / (norm + 1e-6))
             if timed_cosine:
                 phase = min(1.0, max(step / max_steps, spent() / max_seconds))
-                for group in optimizer.param_groups:
-                    peak = group.get("initial_lr", group["lr"])
+                for group, peak in zip(optimizer.param_groups, peaks, strict=True):
                     group["lr"] = peak * 0.5 * (1.0 + math.cos(math.pi * phase))
             lr_now = _lr(optimizer)
             optimizer.step()
@@ -490,20 +493,20 @@ def train(
             # The last step saves below, after the end-of-run extras.
             finishing = step == max_steps or tracker.stopped or out_of_time
             if checkpoint is not None and step % checkpoint_every == 0 and not finishing:
-                tracker.history.elapsed = elapsed_before + time.perf_counter() - started
+                tracker.history.elapsed = spent()
                 save(tracker.state_dict(), _rng_states())
 
         # The end-of-run extras below (a last partial log entry, a last validation) are not part
         # of the regular schedule: the checkpoint resumes from the state before them, so that a
         # run stopped at this step and continued later matches one that never stopped.
-        tracker.history.elapsed = elapsed_before + time.perf_counter() - started
+        tracker.history.elapsed = spent()
         resumable = tracker.state_dict()
         rng = _rng_states()
         if tracker.unlogged:
             tracker.log(step, lr_now)
         if val is not None and tracker.last_eval_step != step:
             validate()
-        tracker.history.elapsed = elapsed_before + time.perf_counter() - started
+        tracker.history.elapsed = spent()
         history = tracker.finish()
         history.out_of_time = bool(out_of_time and step < max_steps and not tracker.stopped)
         if checkpoint is not None:
