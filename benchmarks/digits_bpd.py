@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 from pathlib import Path
 
 import torch
 
-from coursepkg import models, training
+from coursepkg import models, nats_to_bits_per_dim, training
 from coursepkg.data import DIGITS_LEVELS, Dequantize, load_digits
 from coursepkg.training import evaluate
 
@@ -47,7 +46,7 @@ DIMS = 64
 
 def nats_to_bpd(nats_per_sample: float) -> float:
     """Mean negative log-density of dequantized images in [0, 1] -> bits/dim of the discrete images."""
-    return (nats_per_sample / DIMS + math.log(DIGITS_LEVELS)) / math.log(2)
+    return nats_to_bits_per_dim(nats_per_sample, DIMS, DIGITS_LEVELS)
 
 
 def num_params(model: torch.nn.Module) -> int:

@@ -5,7 +5,7 @@ Every flow maps data to latent in ``forward(x) -> (z, log_det)`` and back in
 """
 
 from . import distributions, jacobian, layers, models, nets
-from .core import Compose, Flow, Inverse, NormalizingFlow
+from .core import Compose, Flow, Inverse, NormalizingFlow, nats_to_bits_per_dim
 from .distributions import StandardLogistic, StandardNormal
 from .jacobian import jacobian as brute_force_jacobian
 from .jacobian import log_abs_det_jacobian
@@ -29,6 +29,7 @@ __all__ = [
     "log_abs_det_jacobian",
     "mode",
     "models",
+    "nats_to_bits_per_dim",
     "nets",
 ]
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["Flow", "Compose", "Inverse", "NormalizingFlow"]
+__all__ = ["Flow", "Compose", "Inverse", "NormalizingFlow", "nats_to_bits_per_dim"]
 
 
 class Flow(nn.Module):
@@ -161,6 +161,23 @@ class NormalizingFlow(nn.Module):
         """
         if num_levels < 2:
             raise ValueError(f"num_levels must be at least 2, got {num_levels}")
-        dims = x[0].numel()
-        nats = -self.log_prob(x) / dims + math.log(num_levels)
-        return nats / math.log(2)
+        return nats_to_bits_per_dim(-self.log_prob(x), x[0].numel(), num_levels)
+
+
+def nats_to_bits_per_dim(nats, dims: int, num_levels: int | None = None):
+    r"""A negative log-likelihood in nats per example, as bits per dimension.
+
+    ``nats / (dims log 2)``; with ``num_levels``, for images whose ``num_levels`` pixel values were
+    dequantized and scaled to ``[0, 1]``, plus ``log2(num_levels)``: the bits per dimension of the
+    discrete images, as :meth:`NormalizingFlow.bits_per_dim` reports them. Works on numbers,
+    arrays and tensors alike, e.g. on the losses of a :class:`~coursepkg.training.History`.
+
+    Args:
+        nats: mean :math:`-\log p(x)` per example (a training or validation loss).
+        dims: the dimensions of one example (64 for the 8 x 8 digits).
+        num_levels: the pixel levels of the images (17 for the digits, 256 for 8-bit images), or
+            ``None`` for continuous data.
+    """
+    if dims <= 0:
+        raise ValueError(f"dims must be the number of dimensions of one example, got {dims}")
+    return nats / (dims * math.log(2)) + (math.log2(num_levels) if num_levels else 0.0)

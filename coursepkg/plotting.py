@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import NormalizingFlow
+from .core import NormalizingFlow, nats_to_bits_per_dim
 from .jacobian import log_abs_det_jacobian
 
 __all__ = [
@@ -672,12 +672,7 @@ def plot_history(
     if bits_per_dim:
         if dims is None or dims <= 0:
             raise ValueError("bits_per_dim=True needs dims, the number of dimensions of one example")
-        offset = math.log2(num_levels) if num_levels else 0.0
-
-        def convert(nats: np.ndarray) -> np.ndarray:
-            return nats / (dims * math.log(2)) + offset
-
-        train, val_loss = convert(train), convert(val_loss)
+        train, val_loss = (nats_to_bits_per_dim(v, dims, num_levels) for v in (train, val_loss))
 
     ax = _new_ax(ax)
     ax.plot(steps, train, color="C0", linewidth=1, alpha=0.8, label="train")

@@ -1,9 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from coursepkg import Compose, Flow, Inverse, NormalizingFlow, StandardNormal
+from coursepkg import Compose, Flow, Inverse, NormalizingFlow, StandardNormal, nats_to_bits_per_dim
 from coursepkg import layers as L
 
 
@@ -132,6 +133,15 @@ def test_bits_per_dim_against_discrete_probability():
     torch.testing.assert_close(model.bits_per_dim(x), expected)
     with pytest.raises(ValueError, match="num_levels"):
         model.bits_per_dim(x, num_levels=1)
+
+
+def test_nats_to_bits_per_dim_on_numbers_arrays_and_tensors():
+    # 64 dimensions, 17 levels: a loss of 64 log 2 nats per image is 1 bit/dim plus log2(17).
+    assert nats_to_bits_per_dim(64 * math.log(2), 64, 17) == pytest.approx(1 + math.log2(17))
+    assert nats_to_bits_per_dim(2 * math.log(2), 2) == pytest.approx(1.0)  # continuous data
+    np.testing.assert_allclose(nats_to_bits_per_dim(np.array([0.0, 16 * math.log(4)]), 16), [0.0, 2.0])
+    with pytest.raises(ValueError, match="dims"):
+        nats_to_bits_per_dim(1.0, 0)
 
 
 def test_state_dict_round_trip_of_a_whole_model():
