@@ -17,3 +17,14 @@ def pytest_addoption(parser):
 def notebook_option(request) -> list[str]:
     """The paths given with --notebook (empty: the reference solutions)."""
     return request.config.getoption("--notebook")
+
+
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Every test starts from the same random state, whatever ran before it: a result cannot
+    depend on the order of the tests (the random state outside the test is left as it was)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -132,9 +133,18 @@ def _parse(dom: str) -> _Page:
     return page
 
 
+def _in_parallel(fn, items) -> list:
+    # Each Chromium waits on its own renderer much of the time: two at once per core keep the
+    # cores busy.
+    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
+        return list(pool.map(fn, items))
+
+
 @pytest.fixture(scope="session")
 def pages(chromium, served_book):
-    return {page: _parse(rendered_dom(chromium, f"{served_book}/{page}.html")) for page in toc_files()}
+    pages = toc_files()
+    doms = _in_parallel(lambda page: rendered_dom(chromium, f"{served_book}/{page}.html"), pages)
+    return {page: _parse(dom) for page, dom in zip(pages, doms, strict=True)}
 
 
 def test_every_page_renders_without_error_output(pages):
@@ -179,7 +189,8 @@ def test_screenshots_for_people(chromium, served_book, built_book):
     """Screenshots of each chapter in _build/screenshots, to look at what a reader sees."""
     out = built_book.parent / "screenshots"
     out.mkdir(exist_ok=True)
-    for chapter in CHAPTERS:
+
+    def screenshot(chapter: str) -> Path:
         target = out / f"{Path(chapter).name}.png"
         with tempfile.TemporaryDirectory() as profile:
             subprocess.run(
@@ -189,4 +200,7 @@ def test_screenshots_for_people(chromium, served_book, built_book):
                 timeout=180,
                 check=True,
             )
+        return target
+
+    for chapter, target in zip(CHAPTERS, _in_parallel(screenshot, CHAPTERS), strict=True):
         assert target.stat().st_size > 10_000, f"blank screenshot of {chapter}"
