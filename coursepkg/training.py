@@ -1,18 +1,30 @@
-r"""The training loop shared by every chapter.
+r"""The training loop shared by every chapter, for data and for targets known only by their density.
 
-A density model :math:`p_\theta` is fitted by maximum likelihood: each step draws a minibatch
-:math:`x_1, \dots, x_B` and takes one optimizer step on the negative log-likelihood
+**Maximum likelihood** (the default): a density model :math:`q_\theta` is fitted to data. Each
+step draws a minibatch :math:`x_1, \dots, x_B` and takes one optimizer step on the negative
+log-likelihood
 
-.. math:: \mathcal{L}(\theta) = -\frac{1}{B} \sum_{b=1}^{B} \log p_\theta(x_b),
+.. math:: \mathcal{L}(\theta) = -\frac{1}{B} \sum_{b=1}^{B} \log q_\theta(x_b),
 
 measured in nats per sample. Its expectation over the data is
-:math:`H(p_\mathrm{data}) + \mathrm{KL}(p_\mathrm{data} \,\|\, p_\theta)`, so the loss can fall to
+:math:`H(p_\mathrm{data}) + \mathrm{KL}(p_\mathrm{data} \,\|\, q_\theta)`, so the loss can fall to
 the entropy of the data and no lower; the gap that remains is the KL divergence.
 
-:func:`train` runs the loop with the extras that a notebook needs: validation and early stopping,
-a guard that names the layer where a NaN appeared, checkpoints that resume bit for bit after a
-crash, and a progress bar. :func:`load_or_train` trains once and reloads the result afterwards,
-so that re-running a chapter costs seconds.
+**Reverse KL** (variational inference, no data): a flow is fitted to a target known up to its
+normaliser, :math:`\tilde p = Z p`, by drawing its own samples :math:`x_b = f_\theta^{-1}(z_b)`,
+:math:`z_b \sim p_Z`, and minimising
+
+.. math:: \mathcal{L}(\theta) = \frac{1}{B} \sum_{b=1}^{B} \big[\log q_\theta(x_b) - \log \tilde p(x_b)\big],
+
+whose expectation is :math:`\mathrm{KL}(q_\theta \,\|\, p) - \log Z` (:class:`ReverseKL`;
+``train(flow, None, loss_fn=ReverseKL(log_target))``).
+
+:func:`train` runs either loop with the extras that a notebook needs: validation and early
+stopping, a guard that names the layer where a NaN appeared, checkpoints that resume bit for
+bit after a crash, a time budget and a progress bar. Inside, a ``_Trainer`` repeats ``step``
+(one optimizer update) and validates, and a ``_Checkpoint`` resumes, saves and finishes the run's
+file. :func:`load_or_train` trains once and reloads the result afterwards, so that re-running a
+chapter costs seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +34,6 @@ import math
 import numbers
 import os
 import pickle
-import random
 import time
 import warnings
 from collections.abc import Callable
@@ -35,7 +46,15 @@ from tqdm.auto import tqdm
 
 from . import runtime
 
-__all__ = ["History", "NonFiniteLossError", "default_loss", "evaluate", "load_or_train", "train"]
+__all__ = [
+    "History",
+    "NonFiniteLossError",
+    "ReverseKL",
+    "default_loss",
+    "evaluate",
+    "load_or_train",
+    "train",
+]
 
 # Validation noise (e.g. dequantization) is drawn once from this seed, so that every evaluation,
 # every run and a later call to evaluate(..., preprocess=...) score the same points.
@@ -131,6 +150,70 @@ def default_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return -model.log_prob(x).mean()
 
 
+class ReverseKL:
+    r"""The reverse KL divergence from a flow to an unnormalised target: a loss that needs no data.
+
+    For a target density :math:`p(x) = \tilde p(x) / Z` known through :math:`\log \tilde p` only
+    (the normaliser :math:`Z` may be unknown), one call draws ``n`` samples from the flow with
+    the reparameterisation trick, :math:`x_b = f_\theta^{-1}(z_b)` with :math:`z_b \sim p_Z`, and
+    returns
+
+    .. math:: \mathcal{L}(\theta) = \frac1n \sum_{b=1}^{n} \big[\log q_\theta(x_b) - \log \tilde p(x_b)\big],
+
+    an unbiased estimate of
+
+    .. math:: \mathbb{E}_{x \sim q_\theta}\big[\log q_\theta(x) - \log \tilde p(x)\big]
+        = \mathrm{KL}(q_\theta \,\|\, p) - \log Z \;\ge\; -\log Z.
+
+    :math:`\log Z` does not depend on :math:`\theta`, so minimising the loss minimises the KL
+    divergence, and the loss reaches :math:`-\log Z` exactly when :math:`q_\theta = p` (with a
+    normalised ``log_target`` it estimates the KL divergence itself, in nats). The samples are a
+    differentiable function of :math:`\theta` (the noise :math:`z` does not depend on it), so the
+    gradient of the estimate is an unbiased estimate of the gradient. Reverse KL is
+    *mode-seeking*: :math:`q` is punished for mass where :math:`p` has little, not for missing
+    some of :math:`p`'s modes.
+
+    Args:
+        log_target: :math:`\log \tilde p`, a function from samples ``(n, *event_shape)`` to
+            ``(n,)``, differentiable in its input, e.g. ``Banana().unnormalized_log_prob``.
+
+    Use it with no data: ``train(flow, None, loss_fn=ReverseKL(log_target), batch_size=256)``
+    draws ``batch_size`` samples per step. Calling it, ``loss(flow, n)``, needs a model with
+    ``sample_with_log_prob(n)``, such as a :class:`~coursepkg.NormalizingFlow`.
+    """
+
+    # train() calls a loss that draws its own samples as loss_fn(model, n), with data=None.
+    needs_data = False
+
+    def __init__(self, log_target: Callable[[torch.Tensor], torch.Tensor]):
+        if not callable(log_target):
+            raise TypeError(
+                f"log_target must be a function from samples (n, ...) to log-densities (n,), "
+                f"got {type(log_target).__name__}"
+            )
+        self.log_target = log_target
+
+    def __call__(self, model: nn.Module, n: int) -> torch.Tensor:
+        """The loss of ``n`` fresh samples from ``model``, a scalar tensor."""
+        sample_with_log_prob = getattr(model, "sample_with_log_prob", None)
+        if not callable(sample_with_log_prob):
+            raise TypeError(
+                f"ReverseKL samples from the model, but {type(model).__name__} has no "
+                "sample_with_log_prob(n) -> (x, log_q); use a coursepkg.NormalizingFlow"
+            )
+        x, log_q = sample_with_log_prob(n)  # (n, ...), (n,)
+        log_p = self.log_target(x)  # (n,)
+        if not isinstance(log_p, torch.Tensor) or log_p.shape != log_q.shape:
+            shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
+            raise ValueError(
+                f"log_target must return one log-density per sample, shape {tuple(log_q.shape)}, got {shape}"
+            )
+        return (log_q - log_p).mean()
+
+    def __repr__(self) -> str:
+        return f"ReverseKL({getattr(self.log_target, '__qualname__', self.log_target)!r})"
+
+
 def evaluate(
     model: nn.Module,
     data: torch.Tensor,
@@ -160,12 +243,8 @@ def evaluate(
     back afterwards. A model that needs autograd inside ``log_prob`` (e.g. for a trace
     estimator) must wrap that part in ``torch.enable_grad()``.
     """
-    if not isinstance(data, torch.Tensor):
-        raise TypeError(f"evaluate expects a tensor of samples (N, ...), got {type(data).__name__}")
-    if data.dim() == 0 or len(data) == 0:
-        raise ValueError(f"evaluate needs at least one sample, got a tensor of shape {tuple(data.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_samples(data, "data", preprocess, check_finite=False, caller="evaluate")
+    _check_integers(batch_size=(batch_size, 1))
     loss_fn = default_loss if loss_fn is None else loss_fn
     device = _device_of(model) if device is None else torch.device(device)
     model.to(device)
@@ -196,13 +275,12 @@ def train(
     max_seconds: float | None = None,
     batch_size: int = 256,
     lr: float = 1e-3,
-    weight_decay: float = 0.0,
     clip_grad: float | None = 10.0,
     val_data: torch.Tensor | None = None,
     eval_every: int = 100,
     patience: int | None = None,
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    loss_fn: Callable | None = None,
     device: str | torch.device | None = None,
     seed: int | None = 0,
     optimizer: torch.optim.Optimizer | None = None,
@@ -214,11 +292,12 @@ def train(
     log_every: int = 10,
     desc: str | None = None,
 ) -> History:
-    r"""Fit ``model`` to ``data`` by minimizing the mean negative log-likelihood (in nats).
+    r"""Fit ``model`` to ``data`` by minimizing the mean negative log-likelihood (in nats), or a loss of your own.
 
     Each step draws a batch, computes :math:`\mathcal{L} = -\frac1B \sum_b \log p_\theta(x_b)`
     (or ``loss_fn(model, x)``), clips the gradient to total norm ``clip_grad`` and takes one
-    optimizer step.
+    optimizer step. With ``data=None`` the loss draws its own samples, e.g.
+    ``train(flow, None, loss_fn=ReverseKL(log_target))`` fits a flow to an unnormalised density.
 
     Args:
         model: a module with ``log_prob(x) -> (B,)``, such as a :class:`~coursepkg.NormalizingFlow`;
@@ -228,10 +307,13 @@ def train(
 
             - a tensor of samples ``(N, ...)``: batches follow a fresh random permutation each
               epoch; an epoch ends when fewer than ``batch_size`` unseen samples remain (a batch
-              larger than ``N`` becomes the whole data set);
+              larger than ``N`` becomes the whole data set). Floating point, finite; integers
+              (such as pixel levels) only with a ``preprocess`` that turns them into floats;
             - an object with ``sample(n)``, such as a toy distribution: fresh samples every step;
               if ``sample`` accepts ``generator=``, it gets the loop's seeded generator;
-            - a function ``data(n) -> Tensor``, handled like ``sample``.
+            - a function ``data(n) -> Tensor``, handled like ``sample``;
+            - ``None``: no data; ``loss_fn(model, n)`` draws ``n = batch_size`` samples itself
+              (:class:`ReverseKL`). ``val_data``, ``patience`` and ``preprocess`` need data.
 
             Floating-point batches are cast to the model's dtype.
         steps: number of optimizer updates; ``None`` for no limit (``max_seconds`` must be set).
@@ -240,8 +322,9 @@ def train(
             models of different speeds fairly ("what does each reach in a minute?"). A run with
             a budget depends on the machine's speed, so it is not reproducible step for step.
         batch_size: samples per step.
-        lr, weight_decay: of the default Adam optimizer.
-        clip_grad: largest total gradient norm; ``None`` turns clipping off.
+        lr: learning rate of the default Adam optimizer.
+        clip_grad: largest total gradient norm (``torch.nn.utils.clip_grad_norm_``); ``None``
+            turns clipping off.
         val_data: a tensor ``(M, ...)`` scored every ``eval_every`` steps and at the end. The best
             parameters seen are kept (on the CPU) and **always put back into the model at the
             end**, so the model returned is the one with the lowest validation loss.
@@ -252,22 +335,26 @@ def train(
             applied to every training batch afresh, but to ``val_data`` only once, at the start,
             with a fixed seed: every validation then scores the same points, so their losses are
             comparable, and ``evaluate(model, val_data, preprocess=preprocess)`` reproduces them.
-        loss_fn: ``loss_fn(model, x) -> scalar`` replacing :func:`default_loss`.
+        loss_fn: ``loss_fn(model, x) -> scalar`` replacing :func:`default_loss`; with
+            ``data=None``, ``loss_fn(model, n) -> scalar``, which draws ``n`` samples itself.
         device: default :func:`coursepkg.device`.
         seed: seeds torch's global generator at the start (``torch.manual_seed``), from which the
             data order is also drawn, so a run is reproducible; ``None`` does not reseed, and
             the run depends on the generators' current state.
-        optimizer: an optimizer already built on ``model.parameters()``, replacing Adam.
-        scheduler: ``None`` (constant learning rate) or ``"cosine"``: cosine annealing from the
-            optimizer's learning rate down to 0 at ``steps``. With ``max_seconds`` the cosine
-            follows whichever runs out first: its phase is the larger of the fraction of the
-            steps done and the fraction of the time budget spent.
+        optimizer: an optimizer already built on ``model.parameters()``, replacing Adam (e.g.
+            ``torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)``).
+        scheduler: ``None`` (constant learning rate) or ``"cosine"``: the rate of step :math:`k`
+            is :math:`\eta_0 \frac{1 + \cos(\pi t)}{2}`, annealing the optimizer's rate
+            :math:`\eta_0` to 0, where :math:`t = k / \mathrm{steps}`; with ``max_seconds``,
+            :math:`t` is the larger of that and the fraction of the time budget spent, so the
+            cosine follows whichever runs out first.
         checkpoint: a file that receives the whole training state every ``checkpoint_every``
             steps and at the end (written atomically). With ``resume=True`` an existing file is
             picked up: training continues at its step and ends with the same parameters and
-            history (but ``elapsed``), bit for bit on the CPU, as a run that was never interrupted. A checkpoint
-            that is already at ``steps`` (or stopped early) returns its history without training;
-            one made with a smaller ``steps`` trains on to the new ``steps``. Its optimizer and
+            history (but ``elapsed``), bit for bit on the CPU, as a run that was never
+            interrupted. A checkpoint that is already at ``steps`` (or stopped early, or out of
+            time) returns its history without training; one made with a smaller ``steps`` trains
+            on to the new ``steps`` (a cosine then follows the new ``steps``). Its optimizer and
             data state win over the arguments given now.
         checkpoint_every: steps between checkpoints.
         resume: whether to continue from an existing ``checkpoint``; ``False`` starts afresh and
@@ -288,42 +375,27 @@ def train(
         NonFiniteLossError: the loss or gradient became NaN or infinite. The message names the
             step and the first layer whose output was not finite; the model keeps the parameters
             it had before that step.
+        TypeError, ValueError: before any step, for unusable arguments or data (empty, integer
+            without ``preprocess``, NaN or inf in a data tensor), or at the first step when the
+            model cannot score a batch of the data's shape; the message says what to change.
     """
-    if steps is not None and (
-        isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0
-    ):
-        raise ValueError(f"steps must be an integer of at least 0 or None, got {steps!r}")
-    if max_seconds is not None:
-        if isinstance(max_seconds, bool) or not isinstance(max_seconds, numbers.Real) or not max_seconds > 0:
-            raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}")
-        max_seconds = float(max_seconds)
-    elif steps is None:
-        raise ValueError("steps=None trains without a step limit: give max_seconds, a time budget")
-    _check_positive(
-        batch_size=batch_size, eval_every=eval_every, log_every=log_every, checkpoint_every=checkpoint_every
+    steps, max_seconds = _check_budget(steps, max_seconds)
+    _check_integers(
+        batch_size=(batch_size, 1),
+        eval_every=(eval_every, 1),
+        log_every=(log_every, 1),
+        checkpoint_every=(checkpoint_every, 1),
     )
-    if patience is not None:
-        _check_positive(patience=patience)
-        if val_data is None:
-            raise ValueError("patience needs val_data: early stopping watches the validation loss")
     # Plain ints (not NumPy's) keep the checkpoint loadable with weights_only=True.
-    steps = None if steps is None else int(steps)
     batch_size, eval_every, log_every = int(batch_size), int(eval_every), int(log_every)
-    checkpoint_every = int(checkpoint_every)
-    patience = None if patience is None else int(patience)
+    if patience is not None:
+        _check_integers(patience=(patience, 1))
+        patience = int(patience)
     if clip_grad is not None and not clip_grad > 0:
         raise ValueError(f"clip_grad must be positive or None (no clipping), got {clip_grad}")
-    if val_data is not None and not isinstance(val_data, torch.Tensor):
-        raise TypeError(
-            f"val_data must be a tensor of samples (M, ...) or None, got {type(val_data).__name__}"
-        )
-    if loss_fn is None:
-        if not callable(getattr(model, "log_prob", None)):
-            raise TypeError(
-                f"{type(model).__name__} has no log_prob(x); pass loss_fn=lambda model, x: ... "
-                "returning the scalar loss of a batch"
-            )
-        loss_fn = default_loss
+    if scheduler not in (None, "cosine"):
+        raise ValueError(f"scheduler must be None or 'cosine', got {scheduler!r}")
+    loss_fn = _choose_loss(model, data, loss_fn, val_data, patience, preprocess)
 
     device = runtime.device() if device is None else torch.device(device)
     if seed is not None:
@@ -331,24 +403,15 @@ def train(
     # The data order has a generator of its own: noise drawn elsewhere (dequantization, dropout)
     # then leaves the sequence of batches unchanged.
     generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-    batches = _batches(data, batch_size, generator)
+    batches = _batches(data, batch_size, generator, preprocess)
 
     model.to(device)
     dtype = _float_dtype(model)
     if optimizer is None:
-        optimizer = torch.optim.Adam(model.parameters(), lr=float(lr), weight_decay=float(weight_decay))
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if scheduler not in (None, "cosine"):
-        raise ValueError(f"scheduler must be None or 'cosine', got {scheduler!r}")
-    schedule = None
-    timed_cosine = scheduler == "cosine" and max_seconds is not None
-    if scheduler == "cosine" and not timed_cosine:
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-
+        optimizer = torch.optim.Adam(model.parameters(), lr=float(lr))
     val = None
     if val_data is not None:
-        if val_data.dim() == 0 or len(val_data) == 0:
-            raise ValueError(f"val_data needs at least one sample, got shape {tuple(val_data.shape)}")
+        _check_samples(val_data, "val_data", preprocess)
         if preprocess is None:
             val = _to_model(val_data, device, dtype)
         else:
@@ -359,7 +422,6 @@ def train(
         max_seconds=max_seconds,
         batch_size=batch_size,
         lr=float(lr),
-        weight_decay=float(weight_decay),
         clip_grad=None if clip_grad is None else float(clip_grad),
         eval_every=eval_every,
         patience=patience,
@@ -367,156 +429,26 @@ def train(
         scheduler=scheduler,
         log_every=log_every,
     )
-    tracker = _Tracker(patience)
-    step = 0
-    if checkpoint is not None and resume and os.path.exists(checkpoint):
-        saved = _read(checkpoint, _CHECKPOINT_FORMAT, "checkpoint")
-        _load_model(model, saved["model"], checkpoint, "pass resume=False to start afresh")
-        _warn_config_changes(saved["config"], config, checkpoint)
-        final = saved["final"]
-        finished = final is not None and (
-            (steps is not None and saved["step"] >= steps)
-            or final["history"]["stopped_early"]
-            or (max_seconds is not None and final["history"]["elapsed"] >= max_seconds)
-        )
-        if finished:
-            if final["best_state"] is not None:
-                model.load_state_dict(final["best_state"])
-            model.eval()
-            return History.from_dict(final["history"])
-        try:
-            optimizer.load_state_dict(saved["optimizer"])
-        except (ValueError, KeyError) as error:
-            raise ValueError(
-                f"the optimizer state in {checkpoint} does not fit this optimizer ({error}); "
-                "pass resume=False or delete the file to start afresh"
-            ) from error
-        if schedule is not None and saved["scheduler"] is not None:
-            schedule.load_state_dict(saved["scheduler"])
-            # A longer run anneals to 0 at its own end, continuing from the current rate.
-            schedule.T_max = max(steps, 1)
-        batches.load_state_dict(saved["data"])
-        tracker.load_state_dict(saved["loop"])
-        _set_rng_states(saved["rng"])
-        step = saved["step"]
-
-    def save(loop: dict, rng: dict, final: dict | None = None) -> None:
-        state = {
-            "format": _CHECKPOINT_FORMAT,
-            "step": step,
-            "config": config,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": None if schedule is None else schedule.state_dict(),
-            "data": batches.state_dict(),
-            "loop": loop,
-            "rng": rng,
-            "final": final,
-        }
-        _write(checkpoint, state)
-
-    def validate():
-        tracker.validate(step, evaluate(model, val, loss_fn=loss_fn, device=device), model)
-        bar.set_postfix(tracker.postfix(), refresh=False)
-
-    bar = tqdm(
-        total=steps,
-        initial=step if steps is None else min(step, steps),
+    trainer = _Trainer(
+        model,
+        batches,
+        loss_fn,
+        optimizer,
+        steps=steps,
+        max_seconds=max_seconds,
+        clip_grad=clip_grad,
+        cosine=scheduler == "cosine",
+        preprocess=preprocess,
+        val=val,
+        eval_every=eval_every,
+        patience=patience,
+        log_every=log_every,
+        device=device,
+        dtype=dtype,
+        progress=_progress_enabled(progress),
         desc=desc,
-        unit="step",
-        leave=True,
-        mininterval=1.0,
-        dynamic_ncols=True,
-        disable=not _progress_enabled(progress),
     )
-    started = time.perf_counter()
-    elapsed_before = tracker.history.elapsed
-    lr_now = _lr(optimizer)
-    max_steps = math.inf if steps is None else steps
-    # The peaks of a time-based cosine, kept where torch's schedulers keep theirs (so that a
-    # resumed run, whose optimizer state holds them, anneals from the same peaks).
-    peaks = (
-        [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]
-        if timed_cosine
-        else []
-    )
-
-    def spent() -> float:
-        return elapsed_before + time.perf_counter() - started
-
-    out_of_time = max_seconds is not None and spent() >= max_seconds
-    model.train()
-    try:
-        while step < max_steps and not tracker.stopped and not out_of_time:
-            raw = batches.next()
-            x = _to_model(raw, device, dtype)
-            if preprocess is not None:
-                x = _to_model(preprocess(x), device, dtype)
-            loss = _check_scalar(loss_fn(model, x))
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                what = f"loss became {loss_value} at step {step + 1} ({batches.where()})"
-                raise _non_finite_error(what, step + 1, model, loss_fn, raw, x)
-
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grads = [p.grad for p in params if p.grad is not None]
-            norm = _total_norm(grads)
-            if not torch.isfinite(norm):
-                what = (
-                    f"gradient norm became {norm.item()} at step {step + 1} ({batches.where()}), "
-                    f"although the loss ({loss_value:.4g}) was finite"
-                )
-                raise _non_finite_error(what, step + 1, model, loss_fn, raw, x, params)
-            if clip_grad is not None and norm > clip_grad:
-                # The same rescaling as torch.nn.utils.clip_grad_norm_, whose norm we already have.
-                for g in grads:
-                    g.mul_(clip_grad / (norm + 1e-6))
-            if timed_cosine:
-                phase = min(1.0, max(step / max_steps, spent() / max_seconds))
-                for group, peak in zip(optimizer.param_groups, peaks, strict=True):
-                    group["lr"] = peak * 0.5 * (1.0 + math.cos(math.pi * phase))
-            lr_now = _lr(optimizer)
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            step += 1
-            bar.update()
-
-            tracker.add(loss_value)
-            if step % log_every == 0:
-                tracker.log(step, lr_now)
-                bar.set_postfix(tracker.postfix(), refresh=False)
-            if val is not None and step % eval_every == 0:
-                validate()
-            out_of_time = max_seconds is not None and spent() >= max_seconds
-            # The last step saves below, after the end-of-run extras.
-            finishing = step == max_steps or tracker.stopped or out_of_time
-            if checkpoint is not None and step % checkpoint_every == 0 and not finishing:
-                tracker.history.elapsed = spent()
-                save(tracker.state_dict(), _rng_states())
-
-        # The end-of-run extras below (a last partial log entry, a last validation) are not part
-        # of the regular schedule: the checkpoint resumes from the state before them, so that a
-        # run stopped at this step and continued later matches one that never stopped.
-        tracker.history.elapsed = spent()
-        resumable = tracker.state_dict()
-        rng = _rng_states()
-        if tracker.unlogged:
-            tracker.log(step, lr_now)
-        if val is not None and tracker.last_eval_step != step:
-            validate()
-        tracker.history.elapsed = spent()
-        history = tracker.finish()
-        history.out_of_time = bool(out_of_time and step < max_steps and not tracker.stopped)
-        if checkpoint is not None:
-            save(resumable, rng, final={"history": history.to_dict(), "best_state": tracker.best_state})
-    finally:
-        bar.close()
-    if tracker.best_state is not None:
-        model.load_state_dict(tracker.best_state)
-    model.eval()
-    return history
+    return trainer.fit(_Checkpoint(checkpoint, int(checkpoint_every), config, resume))
 
 
 def load_or_train(path: str | os.PathLike, model: nn.Module, data, **train_kwargs) -> History:
@@ -562,6 +494,327 @@ def load_or_train(path: str | os.PathLike, model: nn.Module, data, **train_kwarg
         # the model file is deleted.
         os.remove(train_kwargs["checkpoint"])
     return history
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop: a trainer that steps, logs and validates; a checkpoint that saves and resumes it.
+
+
+class _Trainer:
+    """One training run: :meth:`fit` repeats :meth:`step` (one optimizer update) until the steps,
+    the time budget or the patience run out, logging and validating along the way.
+
+    Its state lives in attributes, which :meth:`state_dict` gathers for a checkpoint: the model
+    and optimizer, ``batches`` (where the data order stands), ``tracker`` (logs, validations,
+    best parameters), ``steps_done`` and the random generators.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches,
+        loss_fn: Callable,
+        optimizer: torch.optim.Optimizer,
+        *,
+        steps: int | None,
+        max_seconds: float | None,
+        clip_grad: float | None,
+        cosine: bool,
+        preprocess: Callable | None,
+        val: torch.Tensor | None,
+        eval_every: int,
+        patience: int | None,
+        log_every: int,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        progress: bool,
+        desc: str | None,
+    ):
+        self.model = model
+        self.batches = batches
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.max_steps = math.inf if steps is None else steps
+        self.max_seconds = max_seconds
+        self.clip_grad = math.inf if clip_grad is None else float(clip_grad)
+        self.cosine = cosine
+        self.preprocess = preprocess
+        self.val = val
+        self.eval_every = eval_every
+        self.log_every = log_every
+        self.device = device
+        self.dtype = dtype
+        self.progress = progress
+        self.desc = desc
+        self.data_free = isinstance(batches, _SelfSampled)
+        self.tracker = _Tracker(patience)
+        self.steps_done = 0
+        self.last_lr = _lr(optimizer)
+        self.out_of_time = False
+        self.checked_first_batch = False
+        self.clock_start = time.perf_counter()
+        self.elapsed_before = 0.0  # seconds spent by the runs this one resumes
+        if cosine:
+            # The peaks, kept where torch's schedulers keep theirs: a checkpoint's optimizer state
+            # then carries them, and a resumed run anneals from the same peaks.
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def fit(self, checkpoint: _Checkpoint) -> History:
+        """Train until done; the model ends in eval mode with its best validation parameters."""
+        finished = checkpoint.resume(self)
+        if finished is None:
+            history = self._run(checkpoint)
+        else:
+            history = finished
+        if self.tracker.best_state is not None:
+            self.model.load_state_dict(self.tracker.best_state)
+        self.model.eval()
+        return history
+
+    def _run(self, checkpoint: _Checkpoint) -> History:
+        self.clock_start = time.perf_counter()
+        self.elapsed_before = self.tracker.history.elapsed
+        self.out_of_time = self._past_budget()
+        self.model.train()
+        with self._progress_bar() as self.bar:
+            while not self._done():
+                loss = self.step()
+                self.bar.update()
+                self.tracker.add(loss)
+                if self.steps_done % self.log_every == 0:
+                    self._log()
+                if self.val is not None and self.steps_done % self.eval_every == 0:
+                    self.validate()
+                self.out_of_time = self._past_budget()
+                # The last step is saved below, with the final history.
+                if checkpoint.due(self.steps_done) and not self._done():
+                    checkpoint.save(self.state_dict())
+            # The end-of-run extras (a last partial log entry, a last validation) are not part
+            # of the regular schedule: the checkpoint resumes from the state before them, so
+            # that a run stopped here and continued later matches one that never stopped.
+            resumable = self.state_dict()
+            history = self._finish()
+            checkpoint.finish(resumable, history, self.tracker.best_state)
+        return history
+
+    def step(self) -> float:
+        """One update: a batch, its loss, the gradient (clipped), an optimizer step; returns the loss.
+
+        Raises:
+            NonFiniteLossError: the loss or the gradient is NaN or infinite. The parameters are
+                left as they were before this step.
+        """
+        raw = self.batches.next()
+        batch = self._prepare(raw)
+        # A data-free loss draws its samples inside: remember torch's generators, so that a NaN
+        # can be explained on the very samples that produced it.
+        replay = runtime.rng_state(torch_only=True) if self.data_free else None
+        loss = self._loss(batch)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise self._explain(f"loss became {loss_value}", raw, batch, replay)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._clip_gradients(loss_value, raw, batch, replay)
+        if self.cosine:
+            self._anneal()
+        self.last_lr = _lr(self.optimizer)
+        self.optimizer.step()
+        self.steps_done += 1
+        return loss_value
+
+    def validate(self) -> None:
+        """Score the validation set; keep the parameters if they are the best so far."""
+        loss = evaluate(self.model, self.val, loss_fn=self.loss_fn, device=self.device)
+        self.tracker.validate(self.steps_done, loss, self.model)
+        self.bar.set_postfix(self.tracker.postfix(), refresh=False)
+
+    # -- the parts of a step --------------------------------------------------------------------
+
+    def _prepare(self, raw):
+        """The batch the loss sees: on the device, in the model's dtype, preprocessed."""
+        if self.data_free:
+            return raw  # the number of samples the loss draws
+        x = _to_model(raw, self.device, self.dtype)
+        if self.preprocess is not None:
+            x = _to_model(self.preprocess(x), self.device, self.dtype)
+        return x
+
+    def _loss(self, batch) -> torch.Tensor:
+        if self.checked_first_batch or self.data_free:
+            return _check_scalar(self.loss_fn(self.model, batch))
+        # A model built for samples of another shape fails in its first forward pass, with a
+        # message about matrices or sizes; say which data shape it was given.
+        try:
+            loss = self.loss_fn(self.model, batch)
+        except (RuntimeError, ValueError, IndexError) as error:
+            if type(error) not in (RuntimeError, ValueError, IndexError):  # e.g. out of memory
+                raise
+            raise _shape_error(error, batch, self.batches) from error
+        self.checked_first_batch = True
+        return _check_scalar(loss)
+
+    def _clip_gradients(self, loss_value: float, raw, batch, replay) -> None:
+        try:
+            # Rescales the gradient to total norm clip_grad at most (math.inf: no clipping); it
+            # raises, before touching the gradients, if their norm is NaN or infinite.
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad, error_if_nonfinite=True)
+        except RuntimeError:
+            if not _non_finite_gradients(self.model, self.params):
+                raise
+            norm = _gradient_norm(self.params)
+            detail = f", although the loss ({loss_value:.4g}) was finite"
+            raise self._explain(
+                f"gradient norm became {norm}", raw, batch, replay, detail, gradients=True
+            ) from None
+
+    def _anneal(self) -> None:
+        r"""Cosine schedule: lr = peak (1 + cos(pi t)) / 2, t the fraction of the run done."""
+        t = self.steps_done / self.max_steps  # 0 without a step limit
+        if self.max_seconds is not None:
+            t = max(t, self._seconds_spent() / self.max_seconds)
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+    def _explain(
+        self, what: str, raw, batch, replay, detail: str = "", gradients: bool = False
+    ) -> NonFiniteLossError:
+        def rerun():
+            if replay is None:
+                self.loss_fn(self.model, batch)
+                return
+            with runtime.fork_rng():
+                runtime.set_rng_state(replay)
+                self.loss_fn(self.model, batch)
+
+        return _non_finite_error(
+            f"{what} at step {self.steps_done + 1} ({self.batches.where()}){detail}",
+            self.steps_done + 1,
+            self.model,
+            rerun,
+            raw=None if self.data_free else raw,
+            batch=None if self.data_free else batch,
+            params=self.params if gradients else None,
+        )
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _log(self) -> None:
+        self.tracker.log(self.steps_done, self.last_lr)
+        self.bar.set_postfix(self.tracker.postfix(), refresh=False)
+
+    def _seconds_spent(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.clock_start
+
+    def _past_budget(self) -> bool:
+        return self.max_seconds is not None and self._seconds_spent() >= self.max_seconds
+
+    def _done(self) -> bool:
+        return self.steps_done >= self.max_steps or self.tracker.stopped or self.out_of_time
+
+    def _finish(self) -> History:
+        """The end-of-run extras: log the steps since the last entry, validate the last step."""
+        if self.tracker.unlogged:
+            self.tracker.log(self.steps_done, self.last_lr)
+        if self.val is not None and self.tracker.last_eval_step != self.steps_done:
+            self.validate()
+        self.tracker.history.elapsed = self._seconds_spent()
+        history = self.tracker.finish()
+        history.out_of_time = bool(
+            self.out_of_time and self.steps_done < self.max_steps and not self.tracker.stopped
+        )
+        return history
+
+    def _progress_bar(self) -> tqdm:
+        total = None if self.max_steps == math.inf else self.max_steps
+        return tqdm(
+            total=total,
+            initial=self.steps_done if total is None else min(self.steps_done, total),
+            unit="step",
+            leave=True,
+            mininterval=1.0,
+            dynamic_ncols=True,
+            desc=self.desc,
+            disable=not self.progress,
+        )
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue bit for bit."""
+        self.tracker.history.elapsed = self._seconds_spent()
+        return {
+            "step": self.steps_done,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "data": self.batches.state_dict(),
+            "loop": self.tracker.state_dict(),
+            "rng": runtime.rng_state(),
+        }
+
+    def load_state_dict(self, state: dict, path) -> None:
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as error:
+            raise ValueError(
+                f"the optimizer state in {path} does not fit this optimizer ({error}); "
+                "pass resume=False or delete the file to start afresh"
+            ) from error
+        self.batches.load_state_dict(state["data"])
+        self.tracker.load_state_dict(state["loop"])
+        runtime.set_rng_state(state["rng"])
+        self.steps_done = state["step"]
+
+
+class _Checkpoint:
+    """The file from which a run resumes bit for bit: :meth:`resume` reads it, :meth:`save` writes
+    the state every ``every`` steps, :meth:`finish` writes the final state and history.
+
+    With no ``path`` every method does nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, every: int, config: dict, resume: bool):
+        self.path = path
+        self.every = every
+        self.config = config
+        self.resume_allowed = resume
+
+    def resume(self, trainer: _Trainer) -> History | None:
+        """Load the saved state into ``trainer``; a finished run's :class:`History`, else ``None``."""
+        if self.path is None or not self.resume_allowed or not os.path.exists(self.path):
+            return None
+        saved = _read(self.path, _CHECKPOINT_FORMAT, "checkpoint")
+        _load_model(trainer.model, saved["model"], self.path, "pass resume=False to start afresh")
+        _warn_config_changes(saved["config"], self.config, self.path)
+        final = saved["final"]
+        if final is not None and self._finished(saved["step"], final["history"]):
+            trainer.tracker.best_state = final["best_state"]
+            return History.from_dict(final["history"])
+        trainer.load_state_dict(saved, self.path)
+        return None
+
+    def _finished(self, step: int, history: dict) -> bool:
+        steps, max_seconds = self.config["steps"], self.config["max_seconds"]
+        return (
+            (steps is not None and step >= steps)
+            or history["stopped_early"]
+            or (max_seconds is not None and history["elapsed"] >= max_seconds)
+        )
+
+    def due(self, step: int) -> bool:
+        return self.path is not None and step % self.every == 0
+
+    def save(self, state: dict, final: dict | None = None) -> None:
+        _write(self.path, {"format": _CHECKPOINT_FORMAT, "config": self.config, **state, "final": final})
+
+    def finish(self, state: dict, history: History, best_state: dict | None) -> None:
+        """Save the state before the end-of-run extras, with the history they completed."""
+        if self.path is not None:
+            self.save(state, final={"history": history.to_dict(), "best_state": best_state})
 
 
 class _Tracker:
@@ -706,14 +959,40 @@ class _SampledBatches:
         self.count = state["count"]
 
 
-def _batches(data, batch_size: int, generator: torch.Generator):
+class _SelfSampled:
+    """No data: each step hands the loss the number of samples to draw, ``batch_size``."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.count = 0
+
+    def next(self) -> int:
+        self.count += 1
+        return self.batch_size
+
+    def where(self) -> str:
+        return f"{self.batch_size} samples drawn by the loss"
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = state["count"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of the arguments, all made once before the first step.
+
+
+def _batches(data, batch_size: int, generator: torch.Generator, preprocess):
     accepted = (
         "a tensor of samples (N, ...), an object with a sample(n) method (e.g. a toy "
-        "distribution) or a function n -> tensor"
+        "distribution), a function n -> tensor, or None with a loss that draws its own samples"
     )
+    if data is None:
+        return _SelfSampled(batch_size)
     if isinstance(data, torch.Tensor):
-        if data.dim() == 0 or len(data) == 0:
-            raise ValueError(f"data must hold at least one sample, got a tensor of shape {tuple(data.shape)}")
+        _check_samples(data, "data", preprocess)
         return _TensorBatches(data, batch_size, generator)
     if isinstance(data, type):
         raise TypeError(
@@ -735,6 +1014,111 @@ def _batches(data, batch_size: int, generator: torch.Generator):
     raise TypeError(f"data must be {accepted}; got {type(data).__name__}.{hint}")
 
 
+def _check_samples(x, name: str, preprocess, check_finite: bool = True, caller: str = "train") -> None:
+    """A data tensor must hold samples the model can score: at least one, real-valued, finite."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{caller} expects {name} as a tensor of samples (N, ...), got {type(x).__name__}")
+    if x.dim() == 0 or len(x) == 0:
+        raise ValueError(
+            f"{name} must hold at least one sample, a tensor of shape (N, ...); got shape {tuple(x.shape)}"
+        )
+    if preprocess is None and not x.is_floating_point():
+        raise TypeError(
+            f"{name} holds {x.dtype} values, such as the integer levels of images, but a density "
+            f"model needs real-valued samples. Convert them to floats scaled to [0, 1] (e.g. "
+            f"{name}.float() / 255 for 8-bit images), or pass preprocess=coursepkg.data.Dequantize("
+            "num_levels), which also adds the dequantization noise afresh at every step."
+        )
+    if check_finite and x.is_floating_point():
+        finite = torch.isfinite(x)
+        if not finite.all():
+            bad_samples = (~finite).reshape(len(x), -1).any(1).nonzero().flatten()
+            raise ValueError(
+                f"{name} holds NaN or infinite values ({_count_bad(x)}), in {len(bad_samples)} of "
+                f"its {len(x)} samples, the first at index {bad_samples[0].item()}; training on them "
+                f"gives a NaN loss. Find where they come from, or drop those samples: "
+                f"{name} = {name}[torch.isfinite({name}).reshape(len({name}), -1).all(1)]"
+            )
+
+
+def _check_budget(steps, max_seconds) -> tuple[int | None, float | None]:
+    """``steps`` as an int (or None) and ``max_seconds`` as a float (or None); one must be set."""
+    if steps is not None:
+        _check_integers(steps=(steps, 0))
+        steps = int(steps)  # plain ints keep a checkpoint loadable with weights_only=True
+    if max_seconds is not None:
+        if isinstance(max_seconds, bool) or not isinstance(max_seconds, numbers.Real):
+            raise TypeError(
+                f"max_seconds must be a number of seconds or None, got {type(max_seconds).__name__} "
+                f"{max_seconds!r}"
+            )
+        if not max_seconds > 0:
+            raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}")
+        max_seconds = float(max_seconds)
+    elif steps is None:
+        raise ValueError("steps=None trains without a step limit: give max_seconds, a time budget")
+    return steps, max_seconds
+
+
+def _check_integers(**values: tuple) -> None:
+    """Each keyword is ``name=(value, minimum)``: an integer (not a bool, not a float) at least ``minimum``."""
+    for name, (value, minimum) in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            hint = ""
+            if isinstance(value, float) and value.is_integer():
+                hint = f": write {name}={int(value):_} (1e3 and 1000.0 are floats)"
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}{hint}")
+        if value < minimum:
+            raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+def _choose_loss(model, data, loss_fn, val_data, patience, preprocess) -> Callable:
+    """The loss of a step, once it is clear that it fits the data (or the absence of data)."""
+    if patience is not None and val_data is None:
+        raise ValueError("patience needs val_data: early stopping watches the validation loss")
+    if data is None:
+        if loss_fn is None:
+            raise TypeError(
+                "data=None trains without data, so the loss must draw its own samples: pass "
+                "loss_fn=ReverseKL(log_target) (from coursepkg.training), or a function "
+                "loss_fn(model, n) -> scalar loss"
+            )
+        for name, value in (("val_data", val_data), ("preprocess", preprocess)):
+            if value is not None:
+                raise ValueError(
+                    f"{name} needs data, but data=None: a loss that draws its own samples has no data "
+                    "to validate on or to preprocess"
+                )
+        return loss_fn
+    if getattr(loss_fn, "needs_data", True) is False:
+        raise ValueError(
+            f"{loss_fn!r} draws its own samples from the model and takes no data: call "
+            "train(model, None, loss_fn=...)"
+        )
+    if loss_fn is not None:
+        return loss_fn
+    if not callable(getattr(model, "log_prob", None)):
+        raise TypeError(
+            f"{type(model).__name__} has no log_prob(x); pass loss_fn=lambda model, x: ... "
+            "returning the scalar loss of a batch"
+        )
+    return default_loss
+
+
+def _shape_error(error: Exception, batch: torch.Tensor, batches) -> Exception:
+    """The error of the first forward pass, with the shapes of the batch and the data added."""
+    if isinstance(batches, _TensorBatches):
+        source = f"from data of shape {tuple(batches.data.shape)}"
+    else:
+        source = f"drawn by {batches.name}"
+    return type(error)(
+        f"the model could not compute the loss of the first batch, of shape {tuple(batch.shape)} "
+        f"({source}): {error}\nIf the model expects samples of another shape than "
+        f"{tuple(batch.shape[1:])}, reshape the data (e.g. images.flatten(1) for a model of "
+        "vectors) or build the model for samples of this shape."
+    )
+
+
 def _accepts_generator(fn: Callable) -> bool:
     try:
         return "generator" in inspect.signature(fn).parameters
@@ -742,21 +1126,36 @@ def _accepts_generator(fn: Callable) -> bool:
         return False
 
 
-def _non_finite_error(what, step, model, loss_fn, raw, batch, params=None) -> NonFiniteLossError:
+# ---------------------------------------------------------------------------------------------
+# The NaN guard's diagnosis, run only after the loss or the gradient went non-finite.
+
+
+def _non_finite_error(
+    what: str,
+    step: int,
+    model: nn.Module,
+    rerun: Callable[[], None],
+    *,
+    raw: torch.Tensor | None,
+    batch: torch.Tensor | None,
+    params: list[torch.Tensor] | None = None,
+) -> NonFiniteLossError:
     """Explain a NaN or inf: bad input, the first layer that produced it, or a bad gradient.
 
-    ``raw`` is the batch as drawn, ``batch`` the one after ``preprocess``; ``params`` is given
-    when the gradient, not the loss, went wrong.
+    ``rerun()`` computes the step's loss again on the same samples. ``raw`` is the batch as drawn
+    and ``batch`` the one after ``preprocess`` (both ``None`` for a loss that draws its own
+    samples); ``params`` is given when the gradient, not the loss, went wrong.
     """
     layer = None
-    if raw.is_floating_point() and not torch.isfinite(raw).all():
+    data_free = raw is None
+    if not data_free and raw.is_floating_point() and not torch.isfinite(raw).all():
         cause = f"The training batch itself contains non-finite values ({_count_bad(raw)}): check the data."
-    elif not torch.isfinite(batch).all():
+    elif not data_free and not torch.isfinite(batch).all():
         cause = (
             f"preprocess(batch) returned non-finite values ({_count_bad(batch)}): check the preprocessing."
         )
     else:
-        found = _first_non_finite_layer(model, loss_fn, batch)
+        found = _first_non_finite_layer(model, rerun)
         bad_grads = [] if params is None else _non_finite_gradients(model, params)
         if found is not None:
             layer, kind = found
@@ -765,38 +1164,61 @@ def _non_finite_error(what, step, model, loss_fn, raw, batch, params=None) -> No
             layer = bad_grads[0].rpartition(".")[0] or None
             shown = ", ".join(bad_grads[:5]) + (", ..." if len(bad_grads) > 5 else "")
             cause = f"No layer output was non-finite; parameters with non-finite gradients: {shown}."
+        elif data_free:
+            cause = (
+                "No layer of the model produced a non-finite output, so the loss itself is not "
+                "finite: is the target log-density finite (not NaN, not -inf) wherever the model "
+                "puts samples?"
+            )
         else:
             cause = "No layer produced a non-finite output, so the loss itself overflowed."
+    check = "the target log-density" if data_free else "the data for NaN/inf"
     message = (
-        f"{what}. {cause} Try a lower learning rate, gradient "
-        "clipping, or check the data for NaN/inf. The model keeps its parameters from before this step."
+        f"{what}. {cause} Try a lower learning rate, gradient clipping, or check {check}. "
+        "The model keeps its parameters from before this step."
     )
     return NonFiniteLossError(message, step=step, layer=layer)
 
 
-def _first_non_finite_layer(
-    model: nn.Module, loss_fn: Callable, batch: torch.Tensor
-) -> tuple[str, str] | None:
-    """Re-run the batch with a forward hook on every module; the first non-finite output wins."""
+def _first_non_finite_layer(model: nn.Module, rerun: Callable[[], None]) -> tuple[str, str] | None:
+    """Re-run the loss watching every module's output, forward and inverse; the first non-finite wins."""
     found: list[tuple[str, str]] = []
 
-    def watch(name: str):
-        def hook(module, inputs, output):
-            if not found and _has_non_finite(output):
-                found.append((name or "(the whole model)", type(module).__name__))
+    def note(name: str, module: nn.Module, output, direction: str = "") -> None:
+        if not found and _has_non_finite(output):
+            found.append((name or "(the whole model)", type(module).__name__ + direction))
 
-        return hook
+    def forward_hook(name: str):
+        return lambda module, inputs, output: note(name, module, output)
 
+    def watched(name: str, module: nn.Module, inverse: Callable):
+        def inverse_and_note(*args, **kwargs):
+            output = inverse(*args, **kwargs)
+            note(name, module, output, ", inverse")
+            return output
+
+        return inverse_and_note
+
+    # Sampling runs the layers' inverse, which forward hooks do not see: wrap it for this pass.
+    inverses = [
+        (name, module)
+        for name, module in model.named_modules()
+        if callable(getattr(module, "inverse", None)) and "inverse" not in vars(module)
+    ]
     # Running statistics (batch norm, say) must not move because of this diagnostic pass.
     buffers = [(b, b.clone()) for b in model.buffers()]
-    handles = [module.register_forward_hook(watch(name)) for name, module in model.named_modules()]
+    handles = [module.register_forward_hook(forward_hook(name)) for name, module in model.named_modules()]
+    for name, module in inverses:
+        vars(module)["inverse"] = watched(name, module, module.inverse)
     try:
-        loss_fn(model, batch)
+        rerun()
     except Exception:  # the diagnosis must never hide the error it explains
         pass
     finally:
         for handle in handles:
             handle.remove()
+        for _, module in inverses:
+            del vars(module)["inverse"]
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
@@ -818,19 +1240,18 @@ def _non_finite_gradients(model: nn.Module, params: list[torch.Tensor]) -> list[
     return [name for name, p in model.named_parameters() if id(p) in ids]
 
 
-def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The Euclidean norm of all gradients together, as if concatenated into one vector."""
-    if not grads:
-        return torch.zeros(())
-    fused = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: one kernel per device
-    if fused is not None:
-        return fused(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+def _gradient_norm(params: list[torch.Tensor]) -> float:
+    """The Euclidean norm of all gradients together (for the message of the NaN guard)."""
+    return math.sqrt(sum(p.grad.double().square().sum().item() for p in params if p.grad is not None))
 
 
 def _count_bad(t: torch.Tensor) -> str:
     bad = (~torch.isfinite(t)).sum().item()
     return f"{bad} of {t.numel()} entries are NaN or inf"
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers: losses, devices, files.
 
 
 def _check_scalar(loss) -> torch.Tensor:
@@ -842,12 +1263,6 @@ def _check_scalar(loss) -> torch.Tensor:
             "did you forget .mean()?"
         )
     return loss.reshape(())
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -886,44 +1301,12 @@ def _to_model(x: torch.Tensor, device: torch.device, dtype: torch.dtype | None) 
 
 def _preprocess_once(data, preprocess, batch_size, device, dtype) -> torch.Tensor:
     """``preprocess`` applied batch by batch with noise from a fixed seed; global RNG untouched."""
-    states = _rng_states()
-    torch.manual_seed(_VALIDATION_SEED)
-    try:
+    with runtime.fork_rng(seed=_VALIDATION_SEED):
         chunks = [
             _to_model(preprocess(_to_model(data[i : i + batch_size], device, dtype)), device, dtype)
             for i in range(0, len(data), batch_size)
         ]
-    finally:
-        _set_rng_states(states)
     return torch.cat(chunks)
-
-
-def _rng_states() -> dict:
-    """Every random state a run may draw from: torch (CPU and accelerators), Python and NumPy."""
-    name, keys, position, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002
-    states = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        # As lists, so that the checkpoint loads with torch.load(weights_only=True).
-        "numpy": [name, keys.tolist(), position, has_gauss, cached],
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    if runtime._mps_available():
-        states["mps"] = torch.mps.get_rng_state()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))  # noqa: NPY002
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    if "mps" in states and runtime._mps_available():
-        torch.mps.set_rng_state(states["mps"])
 
 
 def _write(path: str | os.PathLike, obj: dict) -> None:
@@ -974,5 +1357,5 @@ def _warn_config_changes(saved: dict, now: dict, path) -> None:
         warnings.warn(
             f"{path} was written with other settings ({', '.join(changed)}); its saved state wins "
             "(optimizer, data order, finished history). Pass resume=False to start afresh.",
-            stacklevel=3,
+            stacklevel=5,
         )

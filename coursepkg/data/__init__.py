@@ -19,6 +19,7 @@ from .images import (
 )
 from .toys import (
     TOY_NAMES,
+    Banana,
     Checkerboard,
     EightGaussians,
     GaussianMixture,
@@ -31,6 +32,7 @@ from .toys import (
 )
 
 __all__ = [
+    "Banana",
     "CIFAR10_LEVELS",
     "Checkerboard",
     "DIGITS_LEVELS",

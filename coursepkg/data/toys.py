@@ -7,7 +7,9 @@ closed form exists, ``log_prob(x)`` gives the exact log-density, so that the fit
 .. math:: \mathrm{KL}(p \,\|\, q) = \mathbb{E}_{x \sim p}[-\log q(x)] - H(p),
 
 a negative log-likelihood minus the entropy of the target (:func:`kl_divergence`). The two moons
-and the spirals have no closed-form density: they can only be sampled.
+and the spirals have no closed-form density: they can only be sampled. The :class:`Banana` also
+offers its density without the normaliser, the starting point of variational inference
+(:class:`coursepkg.training.ReverseKL`).
 
 Get one by name with :func:`toy`, e.g. ``toy("checkerboard")``; :data:`TOY_NAMES` lists them.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "Rings",
     "TwoMoons",
     "Spirals",
+    "Banana",
     "toy",
     "TOY_NAMES",
     "kl_divergence",
@@ -463,6 +466,84 @@ class Spirals(ToyDistribution):
         return f"noise={self.noise}, turns={self.turns}"
 
 
+class Banana(ToyDistribution):
+    r"""A Gaussian bent into a parabola: unimodal, curved, with an exact normaliser.
+
+    .. math:: x_1 \sim \mathcal{N}(0, s_1^2), \qquad
+        x_2 \mid x_1 \sim \mathcal{N}\big(b\,(x_1^2 - s_1^2),\ s_2^2\big),
+
+    so the log-density is the sum of two Gaussian log-densities,
+
+    .. math:: \log p(x) = \log \mathcal{N}(x_1; 0, s_1^2)
+        + \log \mathcal{N}\big(x_2; b\,(x_1^2 - s_1^2), s_2^2\big).
+
+    The bend :math:`(x_1, x_2) \mapsto (x_1, x_2 - b(x_1^2 - s_1^2))` has Jacobian determinant 1,
+    so the entropy is that of :math:`\mathcal{N}(0, \mathrm{diag}(s_1^2, s_2^2))`, exactly
+    :math:`\log(2\pi e\, s_1 s_2)`; the shift by :math:`s_1^2` makes :math:`\mathbb{E}[x_2] = 0`.
+
+    :meth:`unnormalized_log_prob` leaves out the Gaussians' normalising constants,
+
+    .. math:: \log \tilde p(x) = -\frac{x_1^2}{2 s_1^2}
+        - \frac{\big(x_2 - b(x_1^2 - s_1^2)\big)^2}{2 s_2^2} = \log p(x) + \log Z,
+        \qquad Z = 2\pi s_1 s_2,
+
+    the kind of density that variational inference starts from: known up to a constant
+    (:class:`coursepkg.training.ReverseKL` fits a flow to it); :attr:`log_normalizer` is
+    :math:`\log Z`, to check the fit.
+
+    Args:
+        std1: :math:`s_1`, the standard deviation of :math:`x_1` (the banana's length).
+        std2: :math:`s_2`, the standard deviation of :math:`x_2` given :math:`x_1` (its thickness).
+        curvature: :math:`b`; 0 gives an axis-aligned Gaussian, a negative value bends the
+            banana downwards.
+    """
+
+    name = "banana"
+    dim = 2
+
+    def __init__(self, std1: float = 1.0, std2: float = 0.5, curvature: float = 0.5):
+        if not (std1 > 0 and std2 > 0):
+            raise ValueError(f"std1 and std2 must be positive, got {std1} and {std2}")
+        if not math.isfinite(curvature):
+            raise ValueError(f"curvature must be a finite number, got {curvature}")
+        self.std1, self.std2, self.curvature = float(std1), float(std2), float(curvature)
+        # The mean of x2 over |x1| <= 3 s1 (all but 0.3% of the mass), widened by 4.5 s2.
+        bends = (-self.curvature * self.std1**2, 8 * self.curvature * self.std1**2)
+        self.bounds = (
+            _round_out(-4.5 * self.std1, 4.5 * self.std1),
+            _round_out(min(bends) - 4.5 * self.std2, max(bends) + 4.5 * self.std2),
+        )
+
+    @property
+    def log_normalizer(self) -> float:
+        r""":math:`\log Z = \log(2\pi s_1 s_2)`, the gap between :meth:`unnormalized_log_prob` and :meth:`log_prob`."""
+        return _LOG_2PI + math.log(self.std1) + math.log(self.std2)
+
+    def unnormalized_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_prob` plus :attr:`log_normalizer`, shape ``(n,)``: the density known only up to a constant.
+
+        Differentiable in ``x``, so that samples of a flow can be scored by it during training.
+        """
+        return self.log_prob(x) + self.log_normalizer
+
+    def _sample(self, n, generator):
+        x1 = self.std1 * torch.randn(n, generator=generator, dtype=torch.float64)
+        x2 = self.curvature * (x1.square() - self.std1**2)
+        x2 = x2 + self.std2 * torch.randn(n, generator=generator, dtype=torch.float64)
+        return torch.stack([x1, x2], 1)  # (n, 2)
+
+    def _log_prob(self, x):
+        x1, x2 = x[:, 0], x[:, 1]  # (n,), (n,)
+        bent = x2 - self.curvature * (x1.square() - self.std1**2)
+        return -0.5 * ((x1 / self.std1).square() + (bent / self.std2).square()) - self.log_normalizer
+
+    def _exact_entropy(self):
+        return self.log_normalizer + 1.0
+
+    def _params(self):
+        return f"std1={self.std1}, std2={self.std2}, curvature={self.curvature}"
+
+
 _PRESETS: dict[str, Callable[..., ToyDistribution]] = {
     "gaussian_mixture_1d": lambda **kw: GaussianMixture(
         **{"means": (-1.5, 1.0), "stds": (0.5, 0.3), "weights": (0.4, 0.6), **kw}
@@ -480,6 +561,7 @@ _PRESETS: dict[str, Callable[..., ToyDistribution]] = {
     "rings": Rings,
     "two_moons": TwoMoons,
     "spirals": Spirals,
+    "banana": Banana,
 }
 
 TOY_NAMES: tuple[str, ...] = tuple(_PRESETS)
@@ -492,7 +574,7 @@ def toy(name: str, **kwargs) -> ToyDistribution:
     ``"gaussian_mixture_1d"`` is a bimodal mixture on the line (means -1.5 and 1, standard
     deviations 0.5 and 0.3, weights 0.4 and 0.6); ``"gaussian_mixture_2d"`` has three components
     in the plane. The others are :class:`EightGaussians`, :class:`Checkerboard`, :class:`Rings`,
-    :class:`TwoMoons` and :class:`Spirals` with their default arguments.
+    :class:`TwoMoons`, :class:`Spirals` and :class:`Banana` with their default arguments.
     """
     if name not in _PRESETS:
         raise ValueError(f"unknown toy distribution {name!r}; valid names are: {', '.join(TOY_NAMES)}")

@@ -11,6 +11,7 @@ from torch import distributions as D
 from coursepkg.core import Compose, NormalizingFlow
 from coursepkg.data import (
     TOY_NAMES,
+    Banana,
     Checkerboard,
     GaussianMixture,
     Rings,
@@ -27,6 +28,8 @@ SAMPLE_ONLY_NAMES = [name for name in TOY_NAMES if not toy(name).has_log_prob]
 
 # Rings close enough to the origin that the fold of negative radii carries real mass.
 NEAR_ORIGIN = {"radii": (0.2, 1.0), "std": 0.3, "weights": (0.5, 0.5)}
+# A longer, thinner banana bent downwards: its plotting window must follow the bend.
+BENT_DOWN = {"std1": 1.5, "std2": 0.3, "curvature": -0.8}
 
 
 def generator(seed=0):
@@ -35,7 +38,10 @@ def generator(seed=0):
 
 def density_cases():
     cases = [pytest.param(name, {}, id=name) for name in DENSITY_NAMES]
-    return cases + [pytest.param("rings", NEAR_ORIGIN, id="rings_near_origin")]
+    return cases + [
+        pytest.param("rings", NEAR_ORIGIN, id="rings_near_origin"),
+        pytest.param("banana", BENT_DOWN, id="banana_bent_down"),
+    ]
 
 
 def grid_2d(bounds, cells):
@@ -57,6 +63,7 @@ def test_names_cover_the_classes():
         "rings",
         "two_moons",
         "spirals",
+        "banana",
     }
     assert set(SAMPLE_ONLY_NAMES) == {"spirals"}
     assert toy("gaussian_mixture_1d").dim == 1
@@ -245,6 +252,40 @@ def test_rings_finite_at_origin():
     for dtype in (torch.float32, torch.float64):
         lp = rings.log_prob(torch.zeros(3, 2, dtype=dtype))
         assert torch.isfinite(lp).all() and lp.dtype == dtype
+
+
+@pytest.mark.parametrize("kwargs", [{}, BENT_DOWN], ids=["default", "bent_down"])
+def test_banana_is_a_product_of_two_gaussians(kwargs):
+    banana = Banana(**kwargs)
+    s1, s2, b = banana.std1, banana.std2, banana.curvature
+    x = 2 * torch.randn(1000, 2, generator=generator(), dtype=torch.float64)
+    x1, x2 = x[:, 0], x[:, 1]
+    expected = D.Normal(0.0, s1).log_prob(x1) + D.Normal(b * (x1**2 - s1**2), s2).log_prob(x2)
+    torch.testing.assert_close(banana.log_prob(x), expected)
+    # Unnormalised: the Gaussians' constants left out, log Z = log(2 pi s1 s2).
+    bare = -0.5 * (x1 / s1) ** 2 - 0.5 * ((x2 - b * (x1**2 - s1**2)) / s2) ** 2
+    torch.testing.assert_close(banana.unnormalized_log_prob(x), bare)
+    assert banana.log_normalizer == pytest.approx(math.log(2 * math.pi * s1 * s2))
+    assert banana.entropy() == pytest.approx(math.log(2 * math.pi * math.e * s1 * s2))
+
+
+def test_banana_samples_follow_the_bend():
+    banana = Banana()
+    x = banana.sample(200_000, generator(6)).double()
+    x1, x2 = x[:, 0], x[:, 1]
+    residual = x2 - banana.curvature * (x1**2 - banana.std1**2)  # N(0, s2^2), independent of x1
+    assert x1.std().item() == pytest.approx(banana.std1, rel=0.01)
+    assert residual.std().item() == pytest.approx(banana.std2, rel=0.01)
+    assert abs(x2.mean().item()) < 0.01  # the shift by s1^2 centres x2
+    assert abs(torch.corrcoef(torch.stack([x1**2, residual]))[0, 1].item()) < 0.01
+    # Curved: x2 grows with x1^2, so a banana is far from its best Gaussian fit.
+    assert torch.corrcoef(torch.stack([x1**2, x2]))[0, 1].item() > 0.5
+
+
+def test_banana_rejects_bad_parameters():
+    for kwargs in ({"std1": 0.0}, {"std2": -1.0}, {"curvature": math.inf}):
+        with pytest.raises(ValueError, match="std1 and std2 must be positive|curvature must be a finite"):
+            Banana(**kwargs)
 
 
 @pytest.mark.parametrize("name", SAMPLE_ONLY_NAMES)
