@@ -50,6 +50,7 @@ __all__ = [
     "History",
     "NonFiniteLossError",
     "ReverseKL",
+    "checkpoint_file",
     "default_loss",
     "evaluate",
     "load_or_train",
@@ -449,6 +450,26 @@ def train(
         desc=desc,
     )
     return trainer.fit(_Checkpoint(checkpoint, int(checkpoint_every), config, resume))
+
+
+def checkpoint_file(*run: str, folder: str | os.PathLike = "checkpoints") -> str | None:
+    """Where a chapter's training run saves itself: a file in ``folder`` in full mode, ``None``
+    (no file) in quick mode.
+
+    Pass the result as ``train(..., checkpoint=...)``: a full-mode run, which may take many
+    minutes on Colab, then resumes where it stopped after a disconnection, while the short
+    quick-mode runs of the CPU build never read a checkpoint left by another version of the code.
+
+    Args:
+        run: words that name the run, e.g. ``("ch04", "digits", "image RealNVP")``; the file is
+            ``folder/ch04_digits_image_realnvp.pt``.
+        folder: relative to the working directory (a notebook's own folder).
+    """
+    words = [word for part in run for word in str(part).lower().split()]
+    slug = "_".join("".join(ch for ch in word if ch.isalnum()) for word in words).strip("_")
+    if not slug:
+        raise ValueError("checkpoint_file needs words that name the run, e.g. ('ch04', 'digits')")
+    return runtime.by_mode(None, os.path.join(folder, f"{slug}.pt"))
 
 
 def load_or_train(path: str | os.PathLike, model: nn.Module, data, **train_kwargs) -> History:

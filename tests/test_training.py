@@ -691,3 +691,15 @@ def test_data_free_training_has_the_time_budget_and_the_progress_bar(monkeypatch
     )  # fmt: skip
     assert history.out_of_time and 0 < history.steps[-1] < 20
     assert "variational" in capsys.readouterr().err
+
+
+def test_checkpoint_file_names_a_file_in_full_mode_only(monkeypatch):
+    from coursepkg.training import checkpoint_file
+
+    monkeypatch.setenv("COURSEPKG_MODE", "quick")
+    assert checkpoint_file("ch04", "digits", "image RealNVP") is None
+    monkeypatch.setenv("COURSEPKG_MODE", "full")
+    assert checkpoint_file("ch04", "digits", "image RealNVP") == "checkpoints/ch04_digits_image_realnvp.pt"
+    assert checkpoint_file("ch03", "two moons (NICE)", folder="out") == "out/ch03_two_moons_nice.pt"
+    with pytest.raises(ValueError, match="name the run"):
+        checkpoint_file()
