@@ -7,6 +7,7 @@ event dimensions), and ``sample(n)`` returning ``(n, *event_shape)``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -19,12 +20,37 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def _event_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
-    if isinstance(shape, int):
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
         shape = (shape,)
-    shape = tuple(int(s) for s in shape)
-    if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"event shape must be a positive int or a tuple of them, got {shape}")
-    return shape
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"event shape must be a positive int or a tuple of them, got {shape!r}")
+    shape = tuple(shape)
+    if not shape or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s <= 0 for s in shape):
+        raise ValueError(f"event shape must be a positive int or a tuple of them, got {shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def _check_num_samples(n) -> int:
+    """``n`` as an int; a ``TypeError`` or ``ValueError`` that says why for anything but an int >= 0."""
+    if isinstance(n, bool) or isinstance(n, torch.Tensor) or not isinstance(n, numbers.Integral):
+        hint = " (a tensor: pass int(n))" if isinstance(n, torch.Tensor) else ""
+        raise TypeError(f"the number of samples n must be an int, got {type(n).__name__} {n!r}{hint}")
+    if n < 0:
+        raise ValueError(f"the number of samples n must be at least 0, got {n}")
+    return int(n)
+
+
+def _check_temperature(temperature) -> float:
+    """``temperature`` as a float; an error that says why unless it is a finite number > 0."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        hint = " (a tensor: pass float(temperature))" if isinstance(temperature, torch.Tensor) else ""
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}{hint}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(
+            f"temperature must be a finite number > 0 (1 samples the model, < 1 concentrates the samples "
+            f"near the mode), got {temperature}"
+        )
+    return float(temperature)
 
 
 class _Base(nn.Module):
@@ -54,6 +80,7 @@ class StandardNormal(_Base):
 
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """``n`` samples; ``temperature`` scales the standard deviation (Glow's reduced temperature)."""
+        n, temperature = _check_num_samples(n), _check_temperature(temperature)
         a = self._anchor
         return temperature * torch.randn((n, *self.event_shape), device=a.device, dtype=a.dtype)
 
@@ -69,6 +96,8 @@ class StandardLogistic(_Base):
         return -(F.softplus(z) + F.softplus(-z)).flatten(1).sum(1)
 
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """``n`` samples; ``temperature`` scales them."""
+        n, temperature = _check_num_samples(n), _check_temperature(temperature)
         a = self._anchor
         u = torch.rand((n, *self.event_shape), device=a.device, dtype=a.dtype)
         tiny = torch.finfo(u.dtype).tiny

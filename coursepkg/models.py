@@ -7,8 +7,11 @@ Conventions shared by every builder:
 - keyword options ``num_layers`` (how many flow steps) and ``hidden`` (an ``int`` or a tuple of
   hidden sizes for the conditioner networks) mean the same everywhere;
 - the base is a standard normal over the data's shape, and the result's ``transform`` maps data
-  to latent; image models expect dequantized pixels in ``[0, 1]``;
-- defaults are good enough to train on the book's data without tuning.
+  to latent; image models expect dequantized pixels in ``[0, 1]`` (their first layer, a
+  :class:`~coursepkg.layers.Logit`, rejects unscaled pixel levels and gives ``log_prob = -inf``
+  outside its domain; :meth:`~coursepkg.NormalizingFlow.log_prob` lists every check of the data);
+- defaults are good enough to train on the book's data without tuning;
+- a bad option is an error that names the argument and the constraint.
 
 The families arrive with their chapters: ``nice`` and ``realnvp`` (chapters 3-4), ``maf`` and
 ``iaf`` (5), ``glow`` (6), ``iresnet`` (7).
@@ -16,6 +19,8 @@ The families arrive with their chapters: ``nice`` and ``realnvp`` (chapters 3-4)
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -35,15 +40,48 @@ _PLANNED = {
 }
 
 
-def data_shape(dim_or_shape: int | Sequence[int]) -> tuple[int, ...]:
-    """Normalize a builder's first argument: ``2 -> (2,)``, ``(1, 8, 8)`` kept; checks it."""
-    if isinstance(dim_or_shape, int):
-        shape = (dim_or_shape,)
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    """``value`` as an int; a ``TypeError`` or ``ValueError`` naming ``name`` and the constraint."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def data_shape(dim_or_shape: int | Sequence[int], name: str = "dim_or_shape") -> tuple[int, ...]:
+    """Normalize a builder's first argument: ``2 -> (2,)``, ``(1, 8, 8)`` kept; checks it.
+
+    A data dimension is a positive int; an image shape has three positive ints ``(C, H, W)``.
+    Anything else is an error naming the argument ``name`` and, for the usual slips (an image
+    shape without channels, with a batch axis), the fix.
+    """
+    if _is_int(dim_or_shape):
+        shape = (int(dim_or_shape),)
+    elif isinstance(dim_or_shape, Sequence) and not isinstance(dim_or_shape, (str, bytes)):
+        shape = tuple(dim_or_shape)
+        if not all(_is_int(s) for s in shape):
+            raise TypeError(f"{name} must hold ints, got {dim_or_shape!r}")
     else:
-        shape = tuple(int(s) for s in dim_or_shape)
+        raise TypeError(
+            f"{name} must be a data dimension (int) or an image shape (C, H, W), "
+            f"got {type(dim_or_shape).__name__} {dim_or_shape!r}"
+        )
     if len(shape) not in (1, 3) or any(s <= 0 for s in shape):
-        raise ValueError(f"expected a data dimension (int) or an image shape (C, H, W), got {dim_or_shape!r}")
-    return shape
+        if len(shape) == 2:
+            hint = f"; for an image without channels, give (1, {shape[0]}, {shape[1]})"
+        elif len(shape) == 4:
+            hint = f"; without the batch axis: {shape[1:]}"
+        else:
+            hint = "; every entry must be positive" if len(shape) in (1, 3) else ""
+        raise ValueError(
+            f"{name} must be a data dimension (int) or an image shape (C, H, W), got {dim_or_shape!r}{hint}"
+        )
+    return tuple(int(s) for s in shape)
 
 
 def standard_normal_base(dim_or_shape: int | Sequence[int]) -> StandardNormal:
@@ -51,16 +89,43 @@ def standard_normal_base(dim_or_shape: int | Sequence[int]) -> StandardNormal:
     return StandardNormal(data_shape(dim_or_shape))
 
 
-def _vector_dim(dim_or_shape, family: str) -> int:
-    shape = data_shape(dim_or_shape)
+def _vector_dim(dim_or_shape, family: str, name: str) -> int:
+    shape = data_shape(dim_or_shape, name)
     if len(shape) != 1:
         raise ValueError(
-            f"{family} works on vectors: pass the dimension (an int); flatten images first "
-            f"(x.flatten(1), dimension {shape[0] * shape[1] * shape[2]})"
+            f"{family} works on vectors: pass the dimension (an int) as {name}; flatten images first "
+            f"(x.flatten(1), dimension {math.prod(shape)})"
         )
     if shape[0] < 2:
-        raise ValueError(f"a coupling flow needs at least 2 dimensions (one to condition on), got {shape[0]}")
+        raise ValueError(
+            f"{name} must be at least 2 for a coupling flow (one part conditions the other), got {shape[0]}"
+        )
     return shape[0]
+
+
+def _check_hidden(hidden) -> None:
+    """``hidden``: a positive int or a non-empty sequence of positive ints."""
+    sizes = (hidden,) if _is_int(hidden) else hidden
+    if (
+        not isinstance(sizes, Sequence)
+        or isinstance(sizes, str)
+        or not sizes
+        or not all(_is_int(h) and h > 0 for h in sizes)
+    ):
+        raise ValueError(
+            f"hidden must be a positive int or a non-empty tuple of positive ints, got {hidden!r}"
+        )
+
+
+def _check_logit(logit, logit_alpha) -> None:
+    if logit is not None and not isinstance(logit, bool):
+        raise TypeError(f"logit must be True or False, got {logit!r}")
+    if (
+        isinstance(logit_alpha, bool)
+        or not isinstance(logit_alpha, numbers.Real)
+        or not 0 <= logit_alpha < 0.5
+    ):
+        raise ValueError(f"logit_alpha must be a number in [0, 0.5), got {logit_alpha!r}")
 
 
 def _vector_mask(kind: str, dim: int, index: int, generator) -> torch.Tensor:
@@ -109,9 +174,10 @@ def nice(
         logit, logit_alpha: put a :class:`~coursepkg.layers.Logit` layer with this ``alpha``
             first, for data in ``[0, 1]`` such as flattened dequantized images.
     """
-    dim = _vector_dim(dim, "nice")
-    if num_layers < 1:
-        raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+    dim = _vector_dim(dim, "nice", "dim")
+    num_layers = _check_int(num_layers, "num_layers", 1)
+    _check_hidden(hidden)
+    _check_logit(logit, logit_alpha)
     if prior not in ("normal", "logistic"):
         raise ValueError(f"prior must be 'normal' or 'logistic', got {prior!r}")
     generator = torch.Generator().manual_seed(0)
@@ -179,10 +245,19 @@ def realnvp(
             as it spreads the background's bin over a wider range of logits.
     """
     shape = data_shape(dim_or_shape)
-    if num_layers is not None and num_layers < 1:
-        raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+    if num_layers is not None:
+        num_layers = _check_int(num_layers, "num_layers", 1)
+    if hidden is not None:
+        _check_hidden(hidden)
+    _check_logit(logit, logit_alpha)
+    if scale_bound is not None and (
+        isinstance(scale_bound, bool)
+        or not isinstance(scale_bound, numbers.Real)
+        or not (math.isfinite(scale_bound) and scale_bound > 0)
+    ):
+        raise ValueError(f"scale_bound must be a finite number > 0 or None (unbounded), got {scale_bound!r}")
     if len(shape) == 1:
-        dim = _vector_dim(shape[0], "realnvp")
+        dim = _vector_dim(shape[0], "realnvp", "dim_or_shape")
         hidden = (128, 128) if hidden is None else hidden
         num_layers = 8 if num_layers is None else num_layers
         norm = "actnorm" if norm == "auto" else norm
@@ -200,12 +275,12 @@ def realnvp(
     num_layers = 3 if num_layers is None else num_layers
     norm = "batchnorm" if norm == "auto" else norm
     _norm_layer(norm, 1)  # checks the name before anything is built
-    if num_scales < 0:
-        raise ValueError(f"num_scales must be at least 0, got {num_scales}")
+    num_scales = _check_int(num_scales, "num_scales", 0)
+    num_blocks = _check_int(num_blocks, "num_blocks", 0)
     if h % 2**num_scales or w % 2**num_scales:
         raise ValueError(
-            f"{num_scales} scales halve the image {num_scales} times: H and W must be divisible by "
-            f"{2**num_scales}, got {h} x {w}; lower num_scales"
+            f"num_scales={num_scales} halves the image {num_scales} times: H and W of dim_or_shape must be "
+            f"divisible by {2**num_scales}, got {h} x {w}; lower num_scales or crop/pad the images"
         )
     if (h >> num_scales) * (w >> num_scales) < 2:
         raise ValueError(

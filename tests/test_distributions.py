@@ -39,3 +39,28 @@ def test_wrong_shape_and_bad_event_shape_are_explained():
         StandardNormal(3).log_prob(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="event shape"):
         StandardNormal(0)
+
+
+@pytest.mark.parametrize("cls", [StandardNormal, StandardLogistic])
+def test_bad_sample_sizes_and_temperatures_are_explained(cls):
+    base = cls(3)
+    assert base.sample(0).shape == (0, 3)
+    with pytest.raises(ValueError, match="at least 0"):
+        base.sample(-2)
+    with pytest.raises(TypeError, match="must be an int"):
+        base.sample(2.5)
+    with pytest.raises(TypeError, match=r"int\(n\)"):
+        base.sample(torch.tensor(2))
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        base.sample(2, temperature=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        base.sample(2, temperature=float("nan"))
+    with pytest.raises(TypeError, match=r"float\(temperature\)"):
+        base.sample(2, temperature=torch.tensor(0.5))
+
+
+def test_event_shapes_must_be_positive_ints():
+    assert StandardNormal(torch.Size([1, 8, 8])).event_shape == (1, 8, 8)
+    for bad in (2.5, (1, 8.0, 8), (), True):
+        with pytest.raises((TypeError, ValueError), match="event shape"):
+            StandardNormal(bad)

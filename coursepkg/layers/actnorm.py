@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -48,14 +50,15 @@ class ActNorm(Flow):
 
     def forward(self, x):
         shape = self._shape(x)
-        if self.training and not self.initialized:
+        # An empty batch has no statistics to initialise from (they would be NaN).
+        if self.training and not self.initialized and len(x) > 0:
             self.initialize(x)
         z = (x - self.loc.view(shape)) * self.log_scale.view(shape).exp()
-        pixels = x[0, 0].numel()
+        pixels = math.prod(x.shape[2:])
         return z, (pixels * self.log_scale.sum()).expand(x.shape[0])
 
     def inverse(self, z):
         shape = self._shape(z)
         x = z * torch.exp(-self.log_scale.view(shape)) + self.loc.view(shape)
-        pixels = z[0, 0].numel()
+        pixels = math.prod(z.shape[2:])
         return x, (-pixels * self.log_scale.sum()).expand(z.shape[0])

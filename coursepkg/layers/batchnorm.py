@@ -12,6 +12,8 @@ averages; in eval mode the running averages are used, so the map is a fixed affi
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -58,13 +60,14 @@ class BatchNormFlow(Flow):
         return (1, -1) + (1,) * (t.dim() - 2)
 
     def _log_det(self, var: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        pixels = t[0, 0].numel()
+        pixels = math.prod(t.shape[2:])
         per_feature = self.log_gamma - 0.5 * torch.log(var + self.eps)
         return (pixels * per_feature.sum()).expand(t.shape[0])
 
     def forward(self, x):
         shape = self._shape(x)
-        if self.training:
+        # An empty batch has no statistics: it uses (and leaves) the running averages.
+        if self.training and len(x) > 0:
             dims = [0] + list(range(2, x.dim()))
             mean = x.mean(dims)
             var = x.var(dims, unbiased=False)

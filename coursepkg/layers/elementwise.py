@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core import Flow
+from ..core import Flow, _check_float_tensor, _check_pixel_scale
 from ._utils import sum_except_batch
 
 __all__ = ["ElementwiseAffine", "Logit", "Sigmoid", "PiecewiseLinear"]
@@ -51,6 +51,13 @@ class Logit(Flow):
     The small ``alpha`` (RealNVP uses 0.05) keeps the logit away from the infinite values at 0
     and 1. Image flows put this layer first so that their couplings work on unbounded values;
     its log-determinant is part of the model's density, so bits per dimension stay exact.
+
+    Its domain, the support of any model that starts with it, is the open interval where
+    ``0 < alpha + (1 - 2 alpha) x < 1``, which contains ``[0, 1]``: ``forward`` gives
+    ``log_det = -inf`` to a sample with a value outside it (its density is 0; its latent is a
+    finite placeholder, so later layers stay finite). It raises a ``TypeError`` for an integer
+    dtype and a ``ValueError`` for NaN, infinity, or a batch that looks like unscaled pixel
+    levels: non-negative integers, some above 1 (the digits' 0..16, bytes 0..255).
     """
 
     def __init__(self, alpha: float = 0.05):
@@ -60,10 +67,16 @@ class Logit(Flow):
         self.alpha = alpha
 
     def forward(self, x):
+        _check_float_tensor(x, "Logit")
+        _check_pixel_scale(x, "Logit")
         y = self.alpha + (1 - 2 * self.alpha) * x
-        z = torch.log(y) - torch.log1p(-y)
+        # torch.where, not a Python branch: no device sync, and the gradient stays finite.
+        inside = (y > 0) & (y < 1)
+        y = torch.where(inside, y, 0.5)
+        log_y, log_one_minus_y = torch.log(y), torch.log1p(-y)
+        z = log_y - log_one_minus_y
         # d/dx logit(y) = (1 - 2 alpha) / (y (1 - y))
-        log_det = math.log(1 - 2 * self.alpha) - torch.log(y) - torch.log1p(-y)
+        log_det = torch.where(inside, math.log(1 - 2 * self.alpha) - log_y - log_one_minus_y, -math.inf)
         return z, sum_except_batch(log_det)
 
     def inverse(self, z):
