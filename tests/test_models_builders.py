@@ -196,3 +196,12 @@ def test_builders_reject_bad_options_clearly():
     with pytest.raises(ValueError, match="mask"):
         models.realnvp(4, mask="stripes")
     assert {"nice", "realnvp"} <= set(models.__all__)
+
+
+def test_every_builder_is_checked_here():
+    """A new model family in coursepkg.models must get an entry in BUILDERS (key "family-...")."""
+    helpers = {"data_shape", "standard_normal_base"}
+    builders = set(models.__all__) - helpers
+    checked = {key.split("-")[0] for key in BUILDERS}
+    missing = sorted(builders - checked)
+    assert not missing, f"add an entry for {missing} to BUILDERS in tests/test_models_builders.py"

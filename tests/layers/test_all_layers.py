@@ -106,8 +106,13 @@ def test_vector_layer(name):
     check_flow(make(), x, make)
 
 
-def test_logit_on_unit_interval():
-    make = lambda: L.Logit(alpha=0.05)
+# Layers defined on the unit interval (images scaled to [0, 1]).
+UNIT_INTERVAL_LAYERS = {"Logit": lambda: L.Logit(alpha=0.05)}
+
+
+@pytest.mark.parametrize("name", sorted(UNIT_INTERVAL_LAYERS))
+def test_layer_on_unit_interval(name):
+    make = UNIT_INTERVAL_LAYERS[name]
     x = torch.rand(6, 1, 3, 3)
     check_flow(make(), x, make)
 
@@ -140,3 +145,19 @@ def test_accelerator(device):
         assert z.device.type == device and log_det.device.type == device, name
         x_back, _ = layer.inverse(z)
         torch.testing.assert_close(x_back, x, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_every_exported_layer_is_checked_here():
+    """A new layer exported by coursepkg.layers must be added to VECTOR_LAYERS or IMAGE_LAYERS."""
+    from coursepkg import Flow
+
+    exported = {
+        name
+        for name in L.__all__
+        if isinstance(getattr(L, name), type) and issubclass(getattr(L, name), Flow)
+    }
+    checked = {type(make()).__name__ for make in VECTOR_LAYERS.values()}
+    checked |= {type(make()).__name__ for make, _ in IMAGE_LAYERS.values()}
+    checked |= {type(make()).__name__ for make in UNIT_INTERVAL_LAYERS.values()}
+    missing = sorted(exported - checked)
+    assert not missing, f"add {missing} to VECTOR_LAYERS, IMAGE_LAYERS or UNIT_INTERVAL_LAYERS in {__file__}"
