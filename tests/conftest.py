@@ -3,6 +3,14 @@
 import pytest
 
 
+def pytest_configure(config):
+    """One torch thread: the suite runs beside the book build, whose kernels take the cores;
+    with two threads competing for them, torch's small ops were measured 2-6x slower."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--notebook",

@@ -54,6 +54,21 @@ def grid_2d(bounds, cells):
     return points, hx * hy
 
 
+_GRIDS: dict = {}
+
+
+def grid_log_prob(name, kwargs, cells=600):
+    """log p on the cell centres of a ``cells x cells`` grid over the toy's bounds, and the cell
+    area; computed once per toy for the integral and the entropy tests (two moons' quadrature
+    costs seconds on 360,000 points)."""
+    key = (name, repr(sorted(kwargs.items())), cells)
+    if key not in _GRIDS:
+        distribution = toy(name, **kwargs)
+        points, area = grid_2d(distribution.bounds, cells)
+        _GRIDS[key] = (distribution.log_prob(points), area)
+    return _GRIDS[key]
+
+
 def test_names_cover_the_classes():
     assert set(TOY_NAMES) == {
         "gaussian_mixture_1d",
@@ -109,8 +124,8 @@ def test_density_integrates_to_one(name, kwargs):
         xs = torch.linspace(low, high, 20_001, dtype=torch.float64)
         mass = torch.trapezoid(distribution.log_prob(xs[:, None]).exp(), xs).item()
     else:
-        points, area = grid_2d(distribution.bounds, 600)
-        mass = distribution.log_prob(points).exp().sum().item() * area
+        lp, area = grid_log_prob(name, kwargs)
+        mass = lp.exp().sum().item() * area
     assert mass == pytest.approx(1.0, abs=1e-2)
 
 
@@ -191,8 +206,7 @@ def test_entropy_agrees_with_grid_integral(name, kwargs):
         lp = distribution.log_prob(xs[:, None])
         expected = -torch.trapezoid(lp.exp() * lp, xs).item()
     else:
-        points, area = grid_2d(distribution.bounds, 600)
-        lp = distribution.log_prob(points)
+        lp, area = grid_log_prob(name, kwargs)
         expected = -torch.special.xlogy(lp.exp(), lp.exp()).sum().item() * area
     assert distribution.entropy() == pytest.approx(expected, abs=2e-2)
 
