@@ -121,10 +121,12 @@ async def _run(
     run = NotebookRun(path)
     notebook = nbformat.read(path, as_version=4)
     started: dict[int, float] = {}
-    begin = time.monotonic()
+    begin = None  # when the first cell starts: the kernel's start-up has its own timeout
 
     def cell_timeout(cell) -> int:
         # The notebook's remaining budget caps each cell, so one slow notebook cannot hold a build.
+        nonlocal begin
+        begin = time.monotonic() if begin is None else begin
         left = notebook_limit - (time.monotonic() - begin)
         return max(1, int(min(cell_limit, left)))
 
@@ -154,7 +156,7 @@ async def _run(
     except CellTimeoutError:
         index = max(started) if started else -1
         cell = notebook.cells[index] if index >= 0 else None
-        spent = time.monotonic() - begin
+        spent = time.monotonic() - (begin or time.monotonic())
         what = (
             f"the notebook's {notebook_limit:g} s limit"
             if spent >= notebook_limit - 1
@@ -172,7 +174,7 @@ async def _run(
         run.error = f"{path.name}: {where} raised an error:\n{error}"
     except DeadKernelError as error:
         run.error = f"{path.name}: the kernel died ({error}); out of memory?"
-    run.seconds = time.monotonic() - begin
+    run.seconds = time.monotonic() - (begin or time.monotonic())
     return run
 
 

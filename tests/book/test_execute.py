@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
+import re
 import sys
 import time
 
@@ -74,28 +76,25 @@ def test_executes_caches_and_names_slow_or_failing_cells(tmp_path):
     good = _notebook(tmp_path / "good.ipynb", "x = 1 + 1", "print(x)")
     slow = _notebook(tmp_path / "slow.ipynb", "x = 1", "import time\ntime.sleep(30)", "print(x)")
     broken = _notebook(tmp_path / "broken.ipynb", "x = 1", "\n# divide\n1 / 0")
+    # Each cell is under the per-cell limit, the notebook is not.
+    long = _notebook(tmp_path / "long.ipynb", "import time", *["time.sleep(1.5)"] * 8)
     cache, timings = tmp_path / "cache", tmp_path / "times.json"
     with pytest.raises(execute_book.ExecutionFailed) as failure:
         execute_book.execute_notebooks(
-            [good, slow, broken], cache, jobs=3, cell_limit=2, notebook_limit=60, timings=timings
+            [good, slow, broken, long], cache, jobs=4, cell_limit=2, notebook_limit=4, timings=timings
         )
     message = str(failure.value)
     assert "slow.ipynb: cell 1 (`import time`) ran past the per-cell limit of 2 s" in message
     assert "broken.ipynb: cell 1 (`# divide`) raised an error" in message and "ZeroDivisionError" in message
+    assert re.search(
+        r"long.ipynb: cell [2-4] \(`time.sleep\(1.5\)`\) ran past the notebook's 4 s limit", message
+    )
     assert "good.ipynb" not in message
-    assert '"good.ipynb"' in timings.read_text()
-    # The good notebook was cached with its outputs: a second run executes only the two others.
+    times = json.loads(timings.read_text())
+    assert [cell[0] for cell in times["good.ipynb"]["cells"]] == [0, 1]
+    # The good notebook was cached with its outputs: it is not executed again.
     from jupyter_cache import get_cache
 
     _, merged = get_cache(str(cache)).merge_match_into_notebook(nbformat.read(good, as_version=4))
     assert merged.cells[1].outputs[0]["text"] == "2\n"
-    with pytest.raises(execute_book.ExecutionFailed):
-        execute_book.execute_notebooks([good, broken], cache, jobs=2, cell_limit=5)
     assert execute_book.execute_notebooks([good], cache) == []
-
-
-@pytest.mark.slow
-def test_notebook_limit_caps_the_whole_notebook(tmp_path):
-    nb = _notebook(tmp_path / "long.ipynb", "import time", "time.sleep(1)", "time.sleep(1)", "time.sleep(30)")
-    with pytest.raises(execute_book.ExecutionFailed, match=r"long.ipynb: cell 3 .* notebook's 8 s limit"):
-        execute_book.execute_notebooks([nb], tmp_path / "cache", cell_limit=100, notebook_limit=8)
