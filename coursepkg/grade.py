@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .grading.notebook import Notebook, NotebookError, extract_program, read_notebook
 from .grading.report import Report, gradescope, write_csv, write_json
-from .grading.runner import Limits
+from .grading.sandbox import Limits
 from .grading.spec import ExerciseSet, SpecError, available_sets, get_set, load_set
 
 __all__ = ["grade_notebook", "grade_folder", "recognise", "submission_files", "main"]

@@ -9,9 +9,11 @@ Instructors: ``python -m coursepkg.grade NOTEBOOK_OR_FOLDER`` (:mod:`coursepkg.g
 authors: ``python -m coursepkg.grading.generate`` writes ``exercises/`` from ``solutions/``.
 
 Modules: :mod:`.spec` (exercise sets and their tests), :mod:`.notebook` (reading notebooks,
-extracting definitions), :mod:`.generate`, :mod:`.runner` (the sandbox), :mod:`.nbval_check`
-(check cells), :mod:`.report`, :mod:`.check` (the self-check). Only the self-check is imported
-here; the rest loads when used.
+extracting definitions), :mod:`.generate` and :mod:`.record` (exercises from solutions),
+:mod:`.sandbox` (limits, processes, framing), :mod:`.child` (the sandboxed side of the probes),
+:mod:`.runner` (running the probes), :mod:`.judge` (verdicts and the messages students read),
+:mod:`.nbval_check` and :mod:`.nbval_plugin` (check cells), :mod:`.report`, :mod:`.check` (the
+self-check). Only the self-check is imported here; the rest loads when used.
 """
 
 from .check import check

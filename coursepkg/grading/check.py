@@ -7,7 +7,7 @@
 
 The exercise's tests run in the notebook's own process on the objects it has defined (the globals
 of ``__main__``), are compared with the packaged reference solution, and a verdict per test is
-printed with its points. The random state of the notebook is left as it was. Unlike the grader,
+printed with its points, in the grader's words (:mod:`coursepkg.grading.judge`). The random state of the notebook is left as it was. Unlike the grader,
 nothing is sandboxed: an infinite loop is stopped with the kernel's interrupt button. Check cells
 are compared only when the whole notebook is graded.
 """
@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .judge import Outcome, internal_error, stub_exercise, verdict
+
 __all__ = ["check", "CheckSummary"]
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
-_REFERENCE: dict[tuple, tuple[dict, dict]] = {}
+_REFERENCE: dict[tuple, tuple[dict, dict[str, Outcome]]] = {}
 
 
 @dataclass
@@ -81,7 +83,7 @@ def _preserve_rng():
             numpy.random.set_state(numpy_state)
 
 
-def _reference(exercise_set) -> tuple[dict, dict]:
+def _reference(exercise_set) -> tuple[dict, dict[str, Outcome]]:
     """The reference namespace of a set and a cache of its probe values."""
     key = (exercise_set.name, str(exercise_set.reference_path))
     if key not in _REFERENCE:
@@ -93,32 +95,28 @@ def _reference(exercise_set) -> tuple[dict, dict]:
     return _REFERENCE[key]
 
 
-def _run(test, namespace: dict) -> tuple[str, Any]:
-    """``("ok", value)`` or ``(status, message)`` for one probe, run in this process."""
-    from .runner import _format_exception, _plain
-    from .spec import MissingName, Namespace, missing_message
+def _run(test, namespace: dict) -> Outcome:
+    """What one probe does on ``namespace``, run in this process with the random state kept."""
+    from .child import format_exception, plain
+    from .spec import MissingName, Namespace, SpecError
 
+    available = sorted(n for n in namespace if not n.startswith("_"))
     missing = [n for n in test.requires if n not in namespace]
     if missing:
-        available = [n for n in namespace if not n.startswith("_")]
-        return "fail", "; ".join(missing_message(n, available) for n in missing)
+        return Outcome("missing", names=missing, available=available)
     try:
         with _preserve_rng():
-            return "ok", _plain(test(Namespace(namespace)))
+            return Outcome("ok", value=plain(test(Namespace(namespace))))
     except KeyboardInterrupt:
         raise
     except MissingName as error:
-        return "fail", str(error)
-    except NotImplementedError as error:
-        if str(error).startswith("Exercise "):
-            exercise = str(error).split()[1].rstrip(":")
-            return (
-                "fail",
-                f"Exercise {exercise} still raises NotImplementedError: replace the stub with your solution",
-            )
-        return "fail", "your code raised " + _format_exception(error, 0, _is_student_frame)
+        return Outcome("missing", names=[error.name_missing], available=available)
+    except SpecError as error:
+        return Outcome("internal", internal_error(error))
     except BaseException as error:  # SystemExit included: the student's code may raise anything
-        return "fail", "your code raised " + _format_exception(error, 0, _is_student_frame)
+        message = format_exception(error, 0, _is_student_frame)
+        stub = isinstance(error, NotImplementedError) and stub_exercise(str(error)) is not None
+        return Outcome("stub" if stub else "error", message)
 
 
 def _targets(exercise: str | None, namespace: dict):
@@ -168,26 +166,13 @@ def check(exercise: str | None = None, *, namespace: dict | None = None, quiet: 
     for ex in exercises:
         lines.append(f"Exercise {ex} ({fmt_points(all_points.get(ex, 0))} points)")
         for test in (t for t in tests if t.exercise == ex):
-            status, value = _run(test, namespace)
-            message = ""
-            if status == "ok":
+            outcome = _run(test, namespace)
+            reference = None
+            if outcome.status == "ok":
                 if test.name not in reference_values:
                     reference_values[test.name] = _run(test, reference_ns)
-                ref_status, ref_value = reference_values[test.name]
-                if ref_status != "ok":
-                    message = (
-                        f"internal error: the reference fails this test ({ref_value}); tell the instructors"
-                    )
-                else:
-                    try:
-                        test.check(value, ref_value)
-                    except AssertionError as error:
-                        message = str(error) or "your result differs from the reference"
-                    except Exception as error:
-                        message = f"your result could not be compared ({type(error).__name__}: {error})"
-            else:
-                message = value
-            passed = status == "ok" and not message
+                reference = reference_values[test.name]
+            passed, message = verdict(test, outcome, reference)
             result = TestResult(
                 name=test.name,
                 exercise=ex,
@@ -203,8 +188,8 @@ def check(exercise: str | None = None, *, namespace: dict | None = None, quiet: 
         check_points = exercise_set.check_points.get(ex, 0)
         if check_points:
             lines.append(
-                f"  · check cell  {fmt_points(check_points)} point(s), compared with the reference "
-                "output when the whole notebook is graded"
+                f"  · check cell  {fmt_points(check_points)} point(s), earned when the whole notebook "
+                "runs from top to bottom and the cell prints what the reference prints"
             )
         for name in exercise_set.forbidden_imports:
             value = namespace.get(name)

@@ -30,6 +30,7 @@ import re
 import sys
 from pathlib import Path
 
+from .judge import stub_text
 from .notebook import Notebook, NotebookError, extract_program, parse_notebook, top_level_names
 from .spec import EXERCISE_ID, PACKAGE_REFERENCES
 
@@ -47,10 +48,8 @@ class GenerateError(Exception):
 
 
 def stub_line(exercise: str, indent: str, hints: list[str]) -> str:
-    message = f"Exercise {exercise}: replace this line with your solution."
-    if hints:
-        message += " Hint: " + " ".join(hints)
-    return f"{indent}raise NotImplementedError({json.dumps(message, ensure_ascii=False)})"
+    message = json.dumps(stub_text(exercise, hints), ensure_ascii=False)
+    return f"{indent}raise NotImplementedError({message})"
 
 
 def strip_solutions(source: str, exercise: str, where: str = "cell") -> str:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .judge import stub_exercise
+
 __all__ = [
     "NotebookError",
     "Cell",
@@ -568,7 +570,7 @@ def _is_stub(node: ast.stmt) -> bool:
         and call.func.id == "NotImplementedError"
         and bool(call.args)
         and isinstance(call.args[0], ast.Constant)
-        and str(call.args[0].value).startswith("Exercise ")
+        and stub_exercise(str(call.args[0].value)) is not None
     )
 
 

@@ -8,12 +8,25 @@ its tests with ``@SET.test(...)``. A test has two halves:
   plain data (tensors, numbers, bools, strings, ``None`` and tuples, lists and dicts of these);
 * the *comparison* runs in the grader's own process on the two returned values and raises
   ``AssertionError`` with a friendly message to fail. Without ``@probe.compare`` every value is
-  compared by :func:`default_compare` (``rtol=1e-4``, ``atol=1e-5``, shapes and dtypes included).
+  compared by :func:`default_compare` with the test's ``rtol`` and ``atol`` (by default
+  ``1e-4`` and ``1e-5``), shapes and dtypes included.
 
-``SET.check_cell("chNN-id", points=1)`` gives points to the check cell of an exercise, which the
-grader runs with nbval against the reference outputs. The points of an exercise's tests and of its
-check cell add up to the ``(n points)`` of its graded cell; :meth:`ExerciseSet.validate` checks
-this against the reference metadata that ``python -m coursepkg.grading.generate`` writes.
+``SET.check_cell("chNN-id", points=0.5)`` gives points to the check cell of an exercise, earned
+when the notebook runs from top to bottom under nbval and the cell prints what the reference
+prints. The points of an exercise's tests and of its check cell add up to the ``(n points)`` of its
+graded cell; :meth:`ExerciseSet.validate` checks this against the reference metadata that
+``python -m coursepkg.grading.generate`` writes.
+
+``ExerciseSet(forbidden=forbid(coursepkg.layers, "Planar", ...))`` lists the package's answers to
+the set's exercises, once: a graded cell may not import those names (the static check of
+:mod:`coursepkg.grading.notebook` refuses every listed attribute of a coursepkg module), and
+``with SET.switched_off():`` makes each of them raise :class:`ForbiddenCall` while a probe calls
+the student's code, so that not even ``getattr`` reaches them. ``SET.switched_off(*extra)`` adds
+restrictions of one probe (torch's determinants, a class's methods).
+
+``SET.variant("chNN-id", old, new, fails="test_name")`` declares a wrong solution: the graded
+cell of the reference with ``old`` replaced by ``new`` must fail that test
+(``tests/grading/test_variants.py`` checks every declared variant of every set).
 
 The real sets are found by module name in :mod:`coursepkg.grading.specs`; :func:`load_set`
 registers another one from a module or a file path (the grader's own tests do that).
@@ -22,7 +35,6 @@ registers another one from a module or a file path (the grader's own tests do th
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import importlib.util
 import json
@@ -32,10 +44,13 @@ import re
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
+
+from .judge import missing_message
 
 __all__ = [
     "ExerciseSet",
@@ -45,10 +60,13 @@ __all__ = [
     "SpecError",
     "default_compare",
     "describe",
+    "Variant",
+    "Forbidden",
     "ForbiddenCall",
+    "forbid",
     "switched_off",
-    "brute_force_jacobian_calls",
-    "determinant_calls",
+    "forbid_brute_force_jacobian",
+    "forbid_determinants",
     "available_sets",
     "get_set",
     "load_set",
@@ -74,13 +92,6 @@ class MissingName(AttributeError):
         self.name_missing = name
         self.available = sorted(n for n in available if not n.startswith("_"))
         super().__init__(missing_message(name, self.available))
-
-
-def missing_message(name: str, available: Iterable[str], kind: str = "function or class") -> str:
-    """``your notebook has no function named `f` (did you mean `g`?)``."""
-    close = difflib.get_close_matches(name, list(available), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(f'`{c}`' for c in close)}?)" if close else ""
-    return f"your notebook has no {kind} named `{name}`{hint}"
 
 
 class Namespace:
@@ -120,6 +131,8 @@ class Test:
         requires: tuple[str, ...],
         timeout: float | None,
         name: str,
+        rtol: float = DEFAULT_RTOL,
+        atol: float = DEFAULT_ATOL,
     ):
         self.exercise_set = exercise_set
         self.probe = probe
@@ -128,6 +141,8 @@ class Test:
         self.requires = requires
         self.timeout = timeout
         self.name = name
+        self.rtol = rtol
+        self.atol = atol
         self.__doc__ = probe.__doc__
         self._compare: Callable[[Any, Any], None] | None = None
 
@@ -144,10 +159,21 @@ class Test:
         if self._compare is not None:
             self._compare(student, reference)
         else:
-            default_compare(student, reference)
+            default_compare(student, reference, rtol=self.rtol, atol=self.atol)
 
     def __repr__(self) -> str:
         return f"<Test {self.name} of {self.exercise} ({self.points:g} points)>"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A wrong solution: the reference's graded cell of ``exercise`` with ``old`` replaced by ``new``
+    must fail the test named ``fails``."""
+
+    exercise: str
+    old: str
+    new: str
+    fails: str
 
 
 class ExerciseSet:
@@ -156,7 +182,8 @@ class ExerciseSet:
     Args:
         name: ``"chNN"``, the set's name (the notebook's metadata ``coursepkg.exercise_set``).
         notebook: the file name shared by ``solutions/`` and ``exercises/``.
-        forbidden_imports: coursepkg names a graded cell may not import (the answer itself).
+        forbidden: the package's answers (see :func:`forbid` and the module doc): their names
+            may not be imported by a graded cell, and :meth:`switched_off` turns them off.
         references: the folder of the generated reference module ``<name>.py`` and metadata
             ``<name>.json``; by default the one packaged in ``coursepkg/grading/references``.
     """
@@ -165,17 +192,18 @@ class ExerciseSet:
         self,
         name: str,
         notebook: str,
-        forbidden_imports: Iterable[str] = (),
+        forbidden: Iterable[Forbidden] = (),
         references: str | Path | None = None,
     ):
         if not SET_NAME.match(name):
             raise SpecError(f"exercise set name {name!r} must look like 'ch01'")
         self.name = name
         self.notebook = notebook
-        self.forbidden_imports = tuple(forbidden_imports)
+        self.forbidden = tuple(forbidden)
         self.references_dir = Path(references) if references is not None else PACKAGE_REFERENCES
         self.tests: list[Test] = []
         self.check_points: dict[str, float] = {}
+        self.variants: list[Variant] = []
         self.origin: str | None = None  # module name or file path; set by the loader
         self._metadata: dict | None = None
 
@@ -187,13 +215,21 @@ class ExerciseSet:
         requires: Iterable[str] = (),
         timeout: float | None = None,
         name: str | None = None,
+        rtol: float = DEFAULT_RTOL,
+        atol: float = DEFAULT_ATOL,
     ) -> Callable[[Callable], Test]:
-        """Decorator registering a probe as a test of ``exercise`` worth ``points``."""
+        """Decorator registering a probe as a test of ``exercise`` worth ``points``.
+
+        ``rtol`` and ``atol`` are the tolerances of :func:`default_compare`, used unless the test
+        has its own ``@probe.compare``.
+        """
         if isinstance(requires, str):
             requires = (requires,)
 
         def register(probe: Callable) -> Test:
-            test = Test(self, probe, exercise, points, tuple(requires), timeout, name or probe.__name__)
+            test = Test(
+                self, probe, exercise, points, tuple(requires), timeout, name or probe.__name__, rtol, atol
+            )
             if any(t.name == test.name for t in self.tests):
                 raise SpecError(f"{self.name}: two tests are named {test.name!r}")
             self.tests.append(test)
@@ -204,6 +240,20 @@ class ExerciseSet:
     def check_cell(self, exercise: str, points: float = 0) -> None:
         """Give ``points`` to the check cell of ``exercise`` (run by nbval when grading)."""
         self.check_points[exercise] = points
+
+    def variant(self, exercise: str, old: str, new: str, fails: str) -> None:
+        """Declare a wrong solution: ``old`` replaced by ``new`` in the cell of ``exercise`` fails ``fails``."""
+        self.variants.append(Variant(exercise, old, new, fails))
+
+    @property
+    def forbidden_imports(self) -> tuple[str, ...]:
+        """The names a graded cell may not import: every forbidden attribute of a coursepkg module."""
+        names = [f.attribute for f in self.forbidden if _is_coursepkg_module(f.owner)]
+        return tuple(sorted(set(names)))
+
+    def switched_off(self, *extra: Forbidden):
+        """Context manager: the set's forbidden answers and ``extra`` raise :class:`ForbiddenCall`."""
+        return switched_off([*self.forbidden, *extra])
 
     # -- reading the reference ------------------------------------------------------------------
     @property
@@ -271,6 +321,14 @@ class ExerciseSet:
             for required in test.requires:
                 if required not in names:
                     problems.append(f"test {test.name} requires `{required}`, which the reference lacks")
+        for entry in self.forbidden:
+            if not hasattr(entry.owner, entry.attribute):
+                problems.append(f"forbidden answer {entry.label} does not exist (renamed?)")
+        for variant in self.variants:
+            if variant.fails not in {t.name for t in self.tests_of(variant.exercise)}:
+                problems.append(f"variant of {variant.exercise}: {variant.fails!r} is not one of its tests")
+            if variant.old == variant.new:
+                problems.append(f"variant of {variant.exercise}: {variant.old!r} is replaced by itself")
         for check, points in self.check_points.items():
             if check not in checks:
                 problems.append(f"check_cell({check!r}): the reference has no check cell with this id")
@@ -417,14 +475,39 @@ def _compare_dict(student: dict, reference: dict, what: str | None, rtol: float,
         default_compare(student[key], ref, label, rtol, atol)
 
 
-# -- finding sets -------------------------------------------------------------------------------
-
-_REGISTRY: dict[str, ExerciseSet] = {}
-_LOCK = threading.RLock()
+# -- the package's answers, switched off -------------------------------------------------------
 
 
 class ForbiddenCall(RuntimeError):
     """A graded function called code that would give the exercise's answer away."""
+
+
+DEFAULT_WHY = "this exercise asks for your own code"
+
+
+class Forbidden(NamedTuple):
+    """``owner.attribute`` (a module's function or class, a class's method) may not answer an exercise."""
+
+    owner: Any
+    attribute: str
+    why: str = DEFAULT_WHY
+
+    @property
+    def label(self) -> str:
+        name = getattr(self.owner, "__qualname__", None) or self.owner.__name__
+        module = getattr(self.owner, "__module__", None)
+        prefix = f"{module}.{name}" if module and isinstance(self.owner, type) else name
+        return f"{prefix}.{self.attribute}"
+
+
+def forbid(owner: Any, *attributes: str, why: str = DEFAULT_WHY) -> list[Forbidden]:
+    """``Forbidden`` entries for several attributes of one module or class."""
+    return [Forbidden(owner, attribute, why) for attribute in attributes]
+
+
+def _is_coursepkg_module(owner: Any) -> bool:
+    name = getattr(owner, "__name__", "") if isinstance(owner, ModuleType) else ""
+    return name == "coursepkg" or name.startswith("coursepkg.")
 
 
 def _refuse(label: str, why: str) -> Callable:
@@ -435,26 +518,24 @@ def _refuse(label: str, why: str) -> Callable:
 
 
 @contextlib.contextmanager
-def switched_off(calls: Iterable[tuple[Any, str, str, str]]):
-    """Within the block, every ``owner.attribute`` of ``calls`` raises :class:`ForbiddenCall`.
+def switched_off(entries: Iterable[Forbidden]) -> Iterator[None]:
+    """Within the block, every ``owner.attribute`` of ``entries`` raises :class:`ForbiddenCall`.
 
     Probes wrap the student's code in it, so that a graded function cannot lean on the package's
     answer even through an attribute access that the grader's static import check does not see.
-
-    Args:
-        calls: ``(owner, attribute, label, why)``: a module or class, the attribute to replace
-            (skipped when the owner lacks it), the name the message gives, and why it is refused.
-            A class's attribute is replaced on the class itself, so its instances and subclasses
-            refuse too. Everything is put back as it was on exit, exceptions included.
+    A class's attribute is replaced on the class itself, so its instances and subclasses refuse
+    too. An attribute the owner lacks is a :class:`SpecError` (a renamed answer must not quietly
+    become allowed). Everything is put back as it was on exit, exceptions included.
     """
     saved = []
     try:
-        for owner, attribute, label, why in calls:
+        for entry in entries:
+            owner, attribute = entry.owner, entry.attribute
             if not hasattr(owner, attribute):
-                continue
+                raise SpecError(f"cannot switch off {entry.label}: it does not exist")
             own = vars(owner)
             saved.append((owner, attribute, attribute in own, own.get(attribute)))
-            setattr(owner, attribute, _refuse(label, why))
+            setattr(owner, attribute, _refuse(entry.label, entry.why))
         yield
     finally:
         for owner, attribute, had_own, original in reversed(saved):
@@ -464,28 +545,29 @@ def switched_off(calls: Iterable[tuple[Any, str, str, str]]):
                 delattr(owner, attribute)
 
 
-def brute_force_jacobian_calls(why: str) -> list[tuple[Any, str, str, str]]:
-    """The ``calls`` of :func:`switched_off` for coursepkg's brute-force Jacobian, every way in."""
+def forbid_brute_force_jacobian(why: str) -> list[Forbidden]:
+    """coursepkg's brute-force Jacobian, every way in."""
     import coursepkg
     import coursepkg.jacobian as jacobian_module
 
-    return [
-        (coursepkg, "brute_force_jacobian", "coursepkg.brute_force_jacobian", why),
-        (coursepkg, "log_abs_det_jacobian", "coursepkg.log_abs_det_jacobian", why),
-        (jacobian_module, "jacobian", "coursepkg.jacobian.jacobian", why),
-        (jacobian_module, "log_abs_det_jacobian", "coursepkg.jacobian.log_abs_det_jacobian", why),
-    ]
+    return forbid(coursepkg, "brute_force_jacobian", "log_abs_det_jacobian", why=why) + forbid(
+        jacobian_module, "jacobian", "log_abs_det_jacobian", why=why
+    )
 
 
-def determinant_calls(why: str) -> list[tuple[Any, str, str, str]]:
-    """The ``calls`` of :func:`switched_off` for torch's determinant functions."""
+def forbid_determinants(why: str) -> list[Forbidden]:
+    """torch's determinant functions."""
     import torch
 
-    return [
-        (module, name, f"{label}.{name}", why)
-        for module, label in ((torch.linalg, "torch.linalg"), (torch, "torch"))
-        for name in ("det", "slogdet", "logdet")
-    ]
+    return forbid(torch.linalg, "det", "slogdet", why=why) + forbid(
+        torch, "det", "slogdet", "logdet", why=why
+    )
+
+
+# -- finding sets -------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, ExerciseSet] = {}
+_LOCK = threading.RLock()
 
 
 def _specs_package_names() -> list[str]:

@@ -124,14 +124,15 @@ from pathlib import Path
 
 import torch
 
-from coursepkg.grading.spec import ExerciseSet
+import coursepkg
+from coursepkg.grading.spec import ExerciseSet, forbid
 from coursepkg.jacobian import log_abs_det_jacobian
 from coursepkg.testing import assert_close
 
 SET = ExerciseSet(
     "ch99",
     notebook="99_toy.ipynb",
-    forbidden_imports=("ElementwiseAffine",),
+    forbidden=forbid(coursepkg.layers, "ElementwiseAffine"),
     references=Path(__file__).resolve().parent / "references",
 )
 SET.check_cell("ch99-logpdf", points=1)

@@ -4,9 +4,10 @@
     pytest tests/grading/test_exercise_sets.py --notebook my.ipynb   # a student's notebook
 
 Each test of a spec is one pytest test (``ch01-density::density_values``), run in the grader's
-sandbox and compared with the reference; the points appear in the summary at the end. By default
-the notebooks are the reference solutions (which must get full marks, check cells included) and
-the generated exercises (which must get zero).
+sandbox and compared with the reference, and so is each notebook's top-to-bottom run under nbval
+(its check cells); the points appear in the summary at the end. By default the notebooks are the
+reference solutions (which must get full marks, check cells included) and the generated exercises
+(which must get zero, check cells included). Each notebook is graded once per session.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from pathlib import Path
 import pytest
 
 from coursepkg.grade import grade_notebook, recognise
-from coursepkg.grading.nbval_check import grade_checks
 from coursepkg.grading.notebook import NotebookError, read_notebook
-from coursepkg.grading.runner import Limits
 from coursepkg.grading.spec import available_sets, get_set
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,10 +75,11 @@ _REPORTS: dict[Path, object] = {}
 
 
 def _report(path: Path, name: str | None):
+    """The grader's report of a notebook, check cells included (graded once per session)."""
     if path not in _REPORTS:
         if not path.exists():
             pytest.skip(f"{path} does not exist")
-        _REPORTS[path] = grade_notebook(path, set_name=name, nbval=False)
+        _REPORTS[path] = grade_notebook(path, set_name=name, nbval=True)
     return _REPORTS[path]
 
 
@@ -94,30 +94,38 @@ def test_spec_test(spec_test, record_property):
     assert result.passed, f"{result.exercise} ({result.max_points:g} points): {result.message}"
 
 
-@pytest.mark.slow
 def test_check_cells(notebook_target, record_property):
-    """The notebook runs under nbval and its check cells print what the reference prints."""
+    """The notebook runs from top to bottom and its check cells print what the reference prints."""
     path, name = notebook_target
     _require_reference(name)
     if name is None:
         pytest.fail(f"{path.name}: not a gradable notebook of a known exercise set")
-    exercise_set = get_set(name)
-    results, notes, output = grade_checks(read_notebook(path), exercise_set, Limits())
+    report = _report(path, name)
+    assert report.status == "ok", report.message
+    results = [t for t in report.tests if t.kind == "check"]
     for result in results:
         record_property("grading", (str(path.name), result.points, result.max_points))
-    assert results or not exercise_set.metadata()["checks"], f"nbval did not run: {notes}\n{output[-3000:]}"
+    assert {r.exercise for r in results} == set(get_set(name).checks()), report.errors
     failed = [f"{r.name}: {r.message}" for r in results if not r.passed]
-    assert not failed, "\n".join(failed + notes)
+    assert not failed, "\n".join(failed + report.errors)
 
 
 def test_unmodified_exercise_gets_zero(exercise_set_name):
-    """Every test of a set fails on the generated exercise notebook (the stubs)."""
+    """Every test and every check cell of a set fails on the generated exercise notebook (the stubs)."""
     _require_reference(exercise_set_name)
     exercise_set = get_set(exercise_set_name)
     path = ROOT / "exercises" / exercise_set.notebook
     if not path.exists():
         pytest.skip(f"exercises/{exercise_set.notebook} is not generated: run `make exercises`")
-    report = grade_notebook(path, nbval=False)
+    report = _report(path, exercise_set_name)
     passing = [t.name for t in report.tests if t.passed]
-    assert report.status == "ok" and not passing, f"tests passing on the unmodified exercise: {passing}"
-    assert report.score == 0
+    assert report.status == "ok" and not passing, f"passing on the unmodified exercise: {passing}"
+    assert report.score == 0 and report.max_score == exercise_set.max_score()
+
+
+def test_every_check_cell_carries_points(exercise_set_name):
+    """The top-to-bottom run counts: each exercise gives part of its points to its check cell."""
+    exercise_set = get_set(exercise_set_name)
+    checks = exercise_set.checks()
+    for exercise, points in exercise_set.exercises().items():
+        assert 0 < checks.get(exercise, 0) < points, f"{exercise}: its check cell carries no points"

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from coursepkg.grade import grade_folder, grade_notebook, main, recognise
+from coursepkg.grade import grade_notebook, main, recognise
 from coursepkg.grading import check
 from coursepkg.grading.generate import GenerateError, strip_solutions
 from coursepkg.grading.generate import main as generate_main
 from coursepkg.grading.notebook import NotebookError, extract_program, parse_notebook, read_notebook
-from coursepkg.grading.runner import Limits
+from coursepkg.grading.sandbox import Limits
 from coursepkg.grading.spec import SpecError, default_compare, load_set
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -292,6 +292,14 @@ def test_spec_points_must_match_the_notebook(toy, tmp_path):
     wrong.write_text(spec.replace('requires=("LOG_TWO_PI",)', 'requires=("LOG_2PI",)'))
     with pytest.raises(SpecError, match="requires `LOG_2PI`, which the reference lacks"):
         load_set(wrong)
+    wrong.write_text(spec.replace('"ElementwiseAffine")', '"ElementwiseAffin")'))
+    with pytest.raises(SpecError, match="forbidden answer coursepkg.layers.ElementwiseAffin does not exist"):
+        load_set(wrong)
+    wrong.write_text(
+        spec + '\nSET.variant("ch99-constant", "2 * math.pi", "math.pi", fails="logpdf_values")\n'
+    )
+    with pytest.raises(SpecError, match="variant of ch99-constant: 'logpdf_values' is not one of its tests"):
+        load_set(wrong)
     load_set(toy.spec)  # registered again for the other tests
 
 
@@ -352,34 +360,92 @@ def test_solution_gets_full_marks_and_exercise_zero(toy):
         assert re.match(r"Exercise ch99-\w+ still raises NotImplementedError: replace the stub", test.message)
 
 
-def test_check_cells_compared_with_reference_outputs(toy, tmp_path, edit_notebook):
-    """A wrong notebook that stores the right outputs, with an infinite loop: one nbval run."""
+def test_check_cells_count_when_the_notebook_runs_top_to_bottom(toy, tmp_path, edit_notebook):
+    """One nbval run of a wrong notebook that stores the right outputs, then hangs.
+
+    The first check cell is compared with the reference's outputs (never the stored ones); the
+    cell that hangs after it stops the run, so the second check cell gets nothing and its message
+    names that cell.
+    """
     folder = tmp_path / "nbval"
     folder.mkdir()
     forged = edit_notebook(
         toy.solution, folder / "forged.ipynb", {"ch99-logpdf": [(" - math.log(abs(scale))", "")]}
     )
-    data = json.loads(forged.read_text())  # an infinite loop at top level, before the check cells
+    data = json.loads(forged.read_text())
     loop = {
         "cell_type": "code",
         "execution_count": None,
         "metadata": {},
         "outputs": [],
-        "source": "while True:\n    pass\n",
+        # A hang that leaves the CPU to the other tests; the marker does not dodge the run.
+        "source": "# NBVAL_SKIP\nimport time\n\ntime.sleep(600)\n",
     }
-    data["cells"].insert(3, loop)
+    data["cells"].insert(6, loop)  # after the first check cell, before the second exercise
     forged.write_text(json.dumps(data))
-    limits = Limits(test_timeout=20, cell_timeout=5, nbval_timeout=120)
-    (bad,) = grade_folder(folder, nbval=True, limits=limits)
+    limits = Limits(test_timeout=20, cell_timeout=6, nbval_timeout=120)  # importing torch takes seconds
+    bad = grade_notebook(forged, nbval=True, limits=limits)
     checks = {t.name: t for t in bad.tests if t.kind == "check"}
     assert set(checks) == {"check ch99-logpdf", "check ch99-affine"}
-    assert checks["check ch99-affine"].passed, checks  # a correct cell after the loop still passes
-    assert checks["check ch99-affine"].max_points == 0
-    logpdf = checks["check ch99-logpdf"]
+    logpdf, affine = checks["check ch99-logpdf"], checks["check ch99-affine"]
     assert not logpdf.passed and logpdf.max_points == 1
     assert "where the reference prints `[-1.612, -1.737, -2.112] (3,)`" in logpdf.message, logpdf.message
-    assert any("did not finish within 5 s" in e for e in bad.errors), bad.errors
+    assert not affine.passed and affine.max_points == 0
+    assert affine.message == (
+        "not run: cell 7 (`# NBVAL_SKIP`) did not finish within 6 s (an infinite loop, or much too "
+        "slow?); the check cells after it did not run"
+    ), affine.message
+    assert any("when the notebook ran from top to bottom, cell 7" in e for e in bad.errors), bad.errors
     assert (bad.score, bad.max_score) == (3, 5), bad.table()
+
+
+def test_what_stops_the_run():
+    from coursepkg.grading.nbval_plugin import stops_the_run
+
+    assert stops_the_run(is_check_cell=False, error_name="ValueError", timed_out=False)
+    assert stops_the_run(is_check_cell=False, error_name=None, timed_out=False)  # a dead kernel
+    assert stops_the_run(is_check_cell=True, error_name=None, timed_out=True)
+    assert not stops_the_run(is_check_cell=False, error_name="NotImplementedError", timed_out=False)
+    assert not stops_the_run(is_check_cell=True, error_name="ValueError", timed_out=False)
+    assert not stops_the_run(is_check_cell=True, error_name=None, timed_out=False)  # output differs
+
+
+def test_messages_of_a_run_that_stopped():
+    """nbval's results mapped to check cells, without running a kernel."""
+    from coursepkg.grading.nbval_check import NbvalRun, judge_checks
+
+    notebook = parse_notebook(
+        _notebook(
+            (
+                "# EXERCISE ch99-a (1 point)\ndef f(): raise NotImplementedError('Exercise ch99-a: replace this line with your solution.')",
+                [],
+            ),
+            ("# CHECK ch99-a\nprint(f())", []),
+            "model = build(0)\nmodel.fit()",
+            ("# CHECK ch99-b\nprint(1)", []),
+        )
+    )
+    checks = {1: "ch99-a", 3: "ch99-b"}
+    stub = "Cell execution caused an exception\nNotImplementedError: Exercise ch99-a: replace this line with your solution."
+    results = {
+        0: ("passed", "", 0.1),
+        1: ("failed", stub, 0.1),
+        2: ("failed", "Cell execution caused an exception\nTraceback...\nValueError: no data", 0.1),
+        3: ("skipped", "", 0.0),
+    }
+    reference = {"ch99-a": [], "ch99-b": [{"output_type": "stream", "name": "stdout", "text": "1\n"}]}
+    run = NbvalRun(results, printed={}, stopped_at=2, timed_out=False, output="")
+    outcomes, notes = judge_checks(notebook, checks, reference, run, Limits())
+    assert outcomes["ch99-a"].message == (
+        "Exercise ch99-a still raises NotImplementedError: replace the stub with your solution (cell 2)"
+    )
+    assert outcomes["ch99-b"].message == (
+        "not run: cell 3 (`model = build(0)`) raised ValueError: no data; the check cells after it did not run"
+    )
+    assert notes == [
+        "when the notebook ran from top to bottom, cell 3 (`model = build(0)`) raised ValueError: no data; "
+        "the check cells after it did not run"
+    ]
 
 
 def test_cli_writes_table_json_and_gradescope(toy, tmp_path, capsys, edit_notebook):
@@ -509,7 +575,7 @@ def test_exercises_are_in_sync_with_solutions():
 def test_switched_off_refuses_calls_then_restores_everything():
     import types
 
-    from coursepkg.grading.spec import ForbiddenCall, switched_off
+    from coursepkg.grading.spec import ForbiddenCall, SpecError, forbid, switched_off
 
     class Base:
         def forward(self):
@@ -518,14 +584,11 @@ def test_switched_off_refuses_calls_then_restores_everything():
     class Child(Base):
         pass
 
-    module = types.SimpleNamespace(answer=lambda: 42)
+    module = types.ModuleType("pkg")
+    module.answer = lambda: 42
     original = module.answer
-    calls = [
-        (module, "answer", "pkg.answer", "write your own"),
-        (Child, "forward", "Child.forward", "write your own"),
-        (module, "absent", "pkg.absent", "skipped"),
-    ]
-    with pytest.raises(ZeroDivisionError), switched_off(calls):
+    entries = forbid(module, "answer", why="write your own") + forbid(Child, "forward")
+    with pytest.raises(ZeroDivisionError), switched_off(entries):
         with pytest.raises(ForbiddenCall, match=r"^pkg.answer was called: write your own$"):
             module.answer()
         with pytest.raises(ForbiddenCall, match="Child.forward was called"):
@@ -534,4 +597,20 @@ def test_switched_off_refuses_calls_then_restores_everything():
         1 / 0  # noqa: B018 (the attributes come back even when the block fails)
     assert module.answer is original and module.answer() == 42
     assert "forward" not in vars(Child) and Child().forward() == "base"
-    assert not hasattr(module, "absent")
+    with pytest.raises(SpecError, match="cannot switch off pkg.absent: it does not exist"):
+        with switched_off(entries + forbid(module, "absent")):
+            pass
+    assert module.answer is original and "forward" not in vars(Child)
+
+
+def test_forbidden_answers_of_every_set_exist():
+    """A renamed package function must not quietly re-open an exercise: every entry exists."""
+    from coursepkg.grading.spec import available_sets, get_set
+
+    for name in available_sets():
+        exercise_set = get_set(name)
+        assert exercise_set.forbidden or name == "ch99", f"{name} forbids nothing"
+        for entry in exercise_set.forbidden:
+            assert hasattr(entry.owner, entry.attribute), f"{name}: {entry.label} does not exist"
+        for forbidden_name in exercise_set.forbidden_imports:
+            assert forbidden_name.isidentifier()

@@ -1,31 +1,44 @@
 """Tests of the exercises of chapter 1 (change of variables), ``solutions/01_change_of_variables.ipynb``.
 
 Probes run in the student's process and return plain data; comparisons run in the grader. Every
-probe seeds its own inputs, and log-densities are compared in float64.
+probe seeds its own inputs, and log-densities are compared in float64. No probe needs the
+package's answers, so each one runs whole with them switched off (:func:`_without_answers`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch.nn import functional as F
 
-from coursepkg.grading.spec import ExerciseSet, default_compare, describe
+import coursepkg
+from coursepkg.grading.spec import ExerciseSet, default_compare, describe, forbid
+from coursepkg.grading.specs.common import LOG_2PI
 
 SET = ExerciseSet(
     "ch01",
     notebook="01_change_of_variables.ipynb",
     # The chapter's layers that would answer exercises 1 and 4 (a logit map and its derivative;
     # a piecewise-linear map, or the inverse of one).
-    forbidden_imports=("PiecewiseLinear", "Inverse", "Logit", "Sigmoid"),
+    forbidden=forbid(coursepkg.layers, "PiecewiseLinear", "Logit", "Sigmoid") + forbid(coursepkg, "Inverse"),
 )
 
-_LOG_2PI = math.log(2 * math.pi)
+
+def _without_answers(probe):
+    """The probe, run with the set's forbidden answers switched off."""
+
+    @functools.wraps(probe)
+    def run(ns):
+        with SET.switched_off():
+            return probe(ns)
+
+    return run
 
 
 def _normal_log_prob(z):
-    return -0.5 * (z.square() + _LOG_2PI)
+    return -0.5 * (z.square() + LOG_2PI)
 
 
 def _logistic_log_prob(z):
@@ -34,20 +47,19 @@ def _logistic_log_prob(z):
 
 # -- ch01-density ---------------------------------------------------------------------------------
 
+SET.check_cell("ch01-density", points=0.5)
 
-@SET.test("ch01-density", points=1.5, requires=("log_density",))
+
+@SET.test("ch01-density", points=1, requires=("log_density",), rtol=1e-6, atol=1e-7)
+@_without_answers
 def density_values(ns):
     """log p_X on a grid of (0, 1), float64."""
     x = torch.linspace(0.001, 0.999, 999, dtype=torch.float64)
     return {"log_density(x)": ns.log_density(x)}
 
 
-@density_values.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-6, atol=1e-7)
-
-
 @SET.test("ch01-density", points=0.5, requires=("log_density",))
+@_without_answers
 def density_shape_dtype(ns):
     """A float32 input of shape (4, 25) gives a float32 result of the same shape."""
     generator = torch.Generator().manual_seed(1)
@@ -55,10 +67,41 @@ def density_shape_dtype(ns):
     return {"log_density(x) for a float32 x of shape (4, 25)": ns.log_density(x)}
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant("ch01-density", "+ log_abs_derivative", "- log_abs_derivative", fails="density_values")
+SET.variant(
+    "ch01-density",
+    "log_abs_derivative = -math.log(SCALE)",
+    "log_abs_derivative = math.log(SCALE)",
+    fails="density_values",
+)
+SET.variant(
+    "ch01-density",
+    "- torch.log(x) - torch.log1p(-x)  # log|f'(x)|",
+    "- torch.log(x)  # log|f'(x)|",
+    fails="density_values",
+)
+SET.variant(
+    "ch01-density",
+    "z = (torch.log1p(-x) - torch.log(x) - SHIFT) / SCALE",
+    "z = (torch.log(x) - torch.log1p(-x) - SHIFT) / SCALE",
+    fails="density_values",
+)
+SET.variant(
+    "ch01-density",
+    "    z = (torch.log1p(-x)",
+    "    x = x.double()\n    z = (torch.log1p(-x)",
+    fails="density_shape_dtype",
+)
+
+
 # -- ch01-inverse-cdf -----------------------------------------------------------------------------
 
+SET.check_cell("ch01-inverse-cdf", points=0.5)
 
-@SET.test("ch01-inverse-cdf", points=1, requires=("weibull_cdf", "weibull_icdf"))
+
+@SET.test("ch01-inverse-cdf", points=1, requires=("weibull_cdf", "weibull_icdf"), rtol=1e-6, atol=1e-8)
+@_without_answers
 def weibull_cdf_icdf(ns):
     """The Weibull CDF (negative x included) and its closed-form inverse."""
     x = torch.linspace(-2.0, 12.0, 1401, dtype=torch.float64)
@@ -71,16 +114,12 @@ def weibull_cdf_icdf(ns):
     }
 
 
-@weibull_cdf_icdf.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-6, atol=1e-8)
-
-
 def _weibull_cdf(x, shape=1.5, scale=2.0):
     return -torch.expm1(-((x.clamp_min(0.0) / scale) ** shape))
 
 
 @SET.test("ch01-inverse-cdf", points=0.5, requires=("sample_weibull",))
+@_without_answers
 def weibull_sampler(ns):
     """20 000 samples: shape, dtype, a Kolmogorov-Smirnov gap, and reproducibility with a generator."""
     n = 20_000
@@ -125,8 +164,11 @@ def _(student, reference):
             f"{ks:.3g}, more than 0.02: the samples do not follow the Weibull distribution"
         )
 
+    # Any bracket that follows the recipe shrinks below 1e-12 after 60 halvings.
 
-@SET.test("ch01-inverse-cdf", points=1.5, requires=("invert_cdf",), timeout=60)
+
+@SET.test("ch01-inverse-cdf", points=1, requires=("invert_cdf",), timeout=60, rtol=1e-9, atol=1e-6)
+@_without_answers
 def invert_cdf_values(ns):
     """Bracketing and bisection for CDFs centred at -1, 3000 (scale 500) and -40; output shape."""
     generator = torch.Generator().manual_seed(2)
@@ -152,13 +194,42 @@ def invert_cdf_values(ns):
     }
 
 
-@invert_cdf_values.compare
-def _(student, reference):
-    # Any bracket that follows the recipe shrinks below 1e-12 after 60 halvings.
-    default_compare(student, reference, rtol=1e-9, atol=1e-6)
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant("ch01-inverse-cdf", "positive = x.clamp_min(0.0)", "positive = x", fails="weibull_cdf_icdf")
+SET.variant("ch01-inverse-cdf", "** (1 / WEIBULL_SHAPE)", "** WEIBULL_SHAPE", fails="weibull_cdf_icdf")
+SET.variant(
+    "ch01-inverse-cdf",
+    "torch.rand(n, generator=generator, dtype=torch.float64)",
+    "torch.rand(n, dtype=torch.float64)",
+    fails="weibull_sampler",
+)
+SET.variant(
+    "ch01-inverse-cdf",
+    "u = torch.rand(n, generator=generator, dtype=torch.float64)",
+    "u = torch.rand(n, generator=generator)",
+    fails="weibull_sampler",
+)
+SET.variant(
+    "ch01-inverse-cdf", "return weibull_icdf(u)", "return weibull_icdf(u) * 1.2", fails="weibull_sampler"
+)
+SET.variant(
+    "ch01-inverse-cdf",
+    "low = torch.where(below, middle, low)\n        high = torch.where(below, high, middle)",
+    "low = torch.where(below, low, middle)\n        high = torch.where(below, middle, high)",
+    fails="invert_cdf_values",
+)
+SET.variant("ch01-inverse-cdf", "    while True:", "    while False:", fails="invert_cdf_values")
+SET.variant(
+    "ch01-inverse-cdf",
+    "for _ in range(num_halvings):",
+    "for _ in range(num_halvings // 4):",
+    fails="invert_cdf_values",
+)
 
 
 # -- ch01-autograd-nll ----------------------------------------------------------------------------
+
+SET.check_cell("ch01-autograd-nll", points=0.5)
 
 
 def _nll_data():
@@ -167,6 +238,7 @@ def _nll_data():
 
 
 @SET.test("ch01-autograd-nll", points=1, requires=("nll_autograd",))
+@_without_answers
 def nll_values(ns):
     """The mean NLL for an increasing and a decreasing map, normal and logistic latents."""
     x = _nll_data()
@@ -187,7 +259,8 @@ def nll_values(ns):
     return result
 
 
-@SET.test("ch01-autograd-nll", points=1, requires=("nll_autograd",))
+@SET.test("ch01-autograd-nll", points=0.5, requires=("nll_autograd",))
+@_without_answers
 def nll_gradient(ns):
     """loss.backward() gives the parameters of f the gradient of the full NLL (create_graph)."""
     x = _nll_data()
@@ -213,7 +286,28 @@ def _(student, reference):
     default_compare(student, reference, rtol=1e-6, atol=1e-8)
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant("ch01-autograd-nll", "torch.log(derivative.abs())", "torch.log(derivative)", fails="nll_values")
+SET.variant("ch01-autograd-nll", "x, create_graph=True)", "x, create_graph=False)", fails="nll_gradient")
+SET.variant(
+    "ch01-autograd-nll",
+    "log_prob_latent(z) + torch.log",
+    "log_prob_latent(z) - torch.log",
+    fails="nll_values",
+)
+SET.variant("ch01-autograd-nll", "derivative.abs())).mean()", "derivative.abs())).sum()", fails="nll_values")
+SET.variant(
+    "ch01-autograd-nll",
+    "x = x.detach().clone().requires_grad_(True)",
+    "x.requires_grad_(True)",
+    fails="nll_values",
+)
+
+
 # -- ch01-knots -----------------------------------------------------------------------------------
+
+SET.check_cell("ch01-knots", points=0.5)
+
 
 _KNOTS = (-3.0, -2.2, -1.0, -0.6, 0.3, 0.9, 2.0, 3.5)
 
@@ -231,7 +325,8 @@ def _uniform(n, low, high, seed):
     return low + (high - low) * torch.rand(n, 1, generator=generator, dtype=torch.float64)
 
 
-@SET.test("ch01-knots", points=1, requires=("KnotPiecewiseLinear",))
+@SET.test("ch01-knots", points=1, requires=("KnotPiecewiseLinear",), rtol=1e-6, atol=1e-8)
+@_without_answers
 def knots_forward(ns):
     """forward and output_knots with non-uniform knots and random logits, float64."""
     layer = _random_knot_layer(ns)
@@ -242,12 +337,8 @@ def knots_forward(ns):
     return {"output_knots()": knots, "forward(x)[0] (z)": z, "forward(x)[1] (log_det)": log_det}
 
 
-@knots_forward.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-6, atol=1e-8)
-
-
-@SET.test("ch01-knots", points=1, requires=("KnotPiecewiseLinear",))
+@SET.test("ch01-knots", points=1, requires=("KnotPiecewiseLinear",), rtol=1e-6, atol=1e-8)
+@_without_answers
 def knots_inverse(ns):
     """inverse against the reference; inverse(forward(x)) == x and opposite log-derivatives."""
     layer = _random_knot_layer(ns)
@@ -264,12 +355,8 @@ def knots_inverse(ns):
     }
 
 
-@knots_inverse.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-6, atol=1e-8)
-
-
-@SET.test("ch01-knots", points=1, requires=("KnotPiecewiseLinear",))
+@SET.test("ch01-knots", points=0.5, requires=("KnotPiecewiseLinear",))
+@_without_answers
 def knots_properties(ns):
     """A new layer is the identity; log_det = log dz/dx by autograd; gradients; buffer; float32."""
     result = {}
@@ -305,10 +392,64 @@ def knots_properties(ns):
     return result
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant(
+    "ch01-knots",
+    "k = (v[:, None] >= source[1:-1]).sum(1)",
+    "k = (v[:, None] >= source[:-1]).sum(1).clamp(max=len(source) - 2)",
+    fails="knots_forward",
+)
+SET.variant(
+    "ch01-knots",
+    "torch.where(inside, torch.log(slopes[k])",
+    "torch.where(inside, -torch.log(slopes[k])",
+    fails="knots_forward",
+)
+SET.variant(
+    "ch01-knots",
+    "out = torch.where(inside, target[k] + (v - source[k]) * slopes[k], v)",
+    "out = target[k] + (v - source[k]) * slopes[k]",
+    fails="knots_forward",
+)
+SET.variant(
+    "ch01-knots",
+    "inner = t[0] + (t[-1] - t[0]) * torch.cumsum(widths, dim=0)[:-1]",
+    "inner = t[0] + (t[-1] - t[0]) * torch.cumsum(widths, dim=0)[1:]",
+    fails="knots_forward",
+)
+SET.variant(
+    "ch01-knots",
+    "return self._piecewise(z, self.output_knots().to(z.dtype), self.knots.to(z.dtype))",
+    "return self._piecewise(z, self.knots.to(z.dtype), self.output_knots().to(z.dtype))",
+    fails="knots_inverse",
+)
+SET.variant(
+    "ch01-knots",
+    'self.register_buffer("knots", knots.clone())',
+    "self.knots = knots.clone()",
+    fails="knots_properties",
+)
+SET.variant(
+    "ch01-knots",
+    "self.logits = nn.Parameter(torch.log(knots[1:] - knots[:-1]))",
+    "self.logits = nn.Parameter(torch.zeros(len(knots) - 1, dtype=knots.dtype))",
+    fails="knots_properties",
+)
+SET.variant(
+    "ch01-knots",
+    "return self._piecewise(x, self.knots.to(x.dtype), self.output_knots().to(x.dtype))",
+    "return self._piecewise(x.double(), self.knots.double(), self.output_knots().double())",
+    fails="knots_properties",
+)
+
+
 # -- ch01-experiment ------------------------------------------------------------------------------
 
+SET.check_cell("ch01-experiment", points=0.5)
 
-@SET.test("ch01-experiment", points=2, requires=("fit_knots",), timeout=180)
+
+@SET.test("ch01-experiment", points=1.5, requires=("fit_knots",), timeout=180)
+@_without_answers
 def knot_placement(ns):
     """Trains 4 and 32 bins of each placement and measures KL(target || model) itself."""
     from coursepkg import NormalizingFlow, StandardNormal
@@ -342,3 +483,13 @@ def _(student, reference):
         raise AssertionError(f"with 32 bins the uniform knots should win; measured {table}")
     if not (u32 < u4 and q32 < q4):
         raise AssertionError(f"32 bins should beat 4 bins for both placements; measured {table}")
+
+
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant(
+    "ch01-experiment", 'if placement == "uniform":', 'if placement == "quantile":', fails="knot_placement"
+)
+SET.variant("ch01-experiment", "+ log_det).mean()", ").mean()", fails="knot_placement")
+SET.variant(
+    "ch01-experiment", "for _ in range(steps):", "for _ in range(steps // 40):", fails="knot_placement"
+)

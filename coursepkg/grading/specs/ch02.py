@@ -13,35 +13,38 @@ import math
 
 import torch
 
+import coursepkg
 from coursepkg.grading.spec import (
     ExerciseSet,
     ForbiddenCall,
-    brute_force_jacobian_calls,
     default_compare,
-    determinant_calls,
-    switched_off,
+    forbid,
+    forbid_brute_force_jacobian,
+    forbid_determinants,
 )
 
 SET = ExerciseSet(
     "ch02",
     notebook="02_jacobians.ipynb",
-    forbidden_imports=("jacobian", "brute_force_jacobian", "log_abs_det_jacobian", "Planar", "Compose"),
+    forbidden=forbid_brute_force_jacobian(
+        "this exercise asks for your own code, not coursepkg's brute-force Jacobian"
+    )
+    + forbid(coursepkg.layers, "Planar")
+    + forbid(coursepkg, "Compose"),
+)
+_DETERMINANTS = forbid_determinants(
+    "the O(D) log-determinant comes from the diagonal, without a determinant function"
 )
 
 
 def _switched_off(determinants: bool = False):
-    """coursepkg's brute-force Jacobian (and torch's determinants) raise within the block."""
-    calls = brute_force_jacobian_calls(
-        "this exercise asks for your own code, not coursepkg's brute-force Jacobian"
-    )
-    if determinants:
-        calls += determinant_calls(
-            "the O(D) log-determinant comes from the diagonal, without a determinant function"
-        )
-    return switched_off(calls)
+    """The set's forbidden answers (and torch's determinants) raise within the block."""
+    return SET.switched_off(*(_DETERMINANTS if determinants else ()))
 
 
 # -- ch02-jacobian --------------------------------------------------------------------------------
+
+SET.check_cell("ch02-jacobian", points=0.5)
 
 
 def _maps():
@@ -70,7 +73,7 @@ def _maps():
     ]
 
 
-@SET.test("ch02-jacobian", points=1, requires=("batched_jacobian",))
+@SET.test("ch02-jacobian", points=0.5, requires=("batched_jacobian",), rtol=1e-7, atol=1e-9)
 def jacobian_values(ns):
     """batched_jacobian of three maps in float64."""
     result = {}
@@ -78,11 +81,6 @@ def jacobian_values(ns):
         for name, fn, x in _maps():
             result[f"batched_jacobian({name})"] = ns.batched_jacobian(fn, x)
     return result
-
-
-@jacobian_values.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-7, atol=1e-9)
 
 
 @SET.test("ch02-jacobian", points=0.5, requires=("batched_jacobian",))
@@ -104,7 +102,7 @@ def jacobian_float32(ns):
     }
 
 
-@SET.test("ch02-jacobian", points=0.5, requires=("twist_log_abs_det",))
+@SET.test("ch02-jacobian", points=0.5, requires=("twist_log_abs_det",), rtol=1e-7, atol=1e-9)
 def twist_closed_form(ns):
     """The hand-derived log|det J| of twist."""
     generator = torch.Generator().manual_seed(11)
@@ -113,12 +111,38 @@ def twist_closed_form(ns):
         return {"twist_log_abs_det(x)": ns.twist_log_abs_det(x)}
 
 
-@twist_closed_form.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-7, atol=1e-9)
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant(
+    "ch02-jacobian",
+    "return torch.stack(rows, dim=1).detach()",
+    "return torch.stack(rows, dim=2).detach()",
+    fails="jacobian_values",
+)
+SET.variant(
+    "ch02-jacobian",
+    "return torch.stack(rows, dim=1).detach()",
+    "return torch.stack(rows, dim=1).detach().double()",
+    fails="jacobian_float32",
+)
+SET.variant(
+    "ch02-jacobian",
+    "return torch.stack(rows, dim=1).detach()",
+    "return torch.stack(rows, dim=1).detach().transpose(1, 2)",
+    fails="jacobian_values",
+)
+SET.variant(
+    "ch02-jacobian",
+    "    x = x.detach().requires_grad_(True)\n    with",
+    "    x.requires_grad_(True)\n    with",
+    fails="jacobian_float32",
+)
+SET.variant("ch02-jacobian", "return 0.5 * x2 + torch.log1p", "return torch.log1p", fails="twist_closed_form")
+SET.variant("ch02-jacobian", "torch.log1p(-0.15 * x1", "torch.log1p(0.15 * x1", fails="twist_closed_form")
 
 
 # -- ch02-autoregressive --------------------------------------------------------------------------
+
+SET.check_cell("ch02-autoregressive", points=0.5)
 
 
 def _autoregressive_inputs(dtype=torch.float64, dim=7, batch=64):
@@ -130,7 +154,7 @@ def _autoregressive_inputs(dtype=torch.float64, dim=7, batch=64):
     return [t.to(dtype) for t in (x, scale_weights, scale_bias, shift_weights)]
 
 
-@SET.test("ch02-autoregressive", points=0.5, requires=("autoregressive_affine",))
+@SET.test("ch02-autoregressive", points=0.5, requires=("autoregressive_affine",), rtol=1e-7, atol=1e-9)
 def autoregressive_output(ns):
     """z for full random matrices (only their strictly lower triangles count)."""
     with _switched_off():
@@ -138,12 +162,7 @@ def autoregressive_output(ns):
     return {"z": z}
 
 
-@autoregressive_output.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-7, atol=1e-9)
-
-
-@SET.test("ch02-autoregressive", points=1, requires=("autoregressive_affine",))
+@SET.test("ch02-autoregressive", points=0.5, requires=("autoregressive_affine",))
 def autoregressive_log_det(ns):
     """log_det in O(D): determinant functions and brute-force Jacobians are switched off."""
     inputs = _autoregressive_inputs()
@@ -170,7 +189,48 @@ def autoregressive_float32(ns):
     return [(tuple(t.shape), str(t.dtype)) for t in (z, log_det)]
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant(
+    "ch02-autoregressive",
+    "scale_weights = torch.tril(scale_weights, diagonal=-1)",
+    "scale_weights = torch.tril(scale_weights)",
+    fails="autoregressive_output",
+)
+SET.variant(
+    "ch02-autoregressive",
+    "shift_weights = torch.tril(shift_weights, diagonal=-1)",
+    "shift_weights = shift_weights.T",
+    fails="autoregressive_output",
+)
+SET.variant(
+    "ch02-autoregressive",
+    "return z, torch.log(scale).sum(1)",
+    "return z, torch.log(scale).sum(0)",
+    fails="autoregressive_log_det",
+)
+SET.variant(
+    "ch02-autoregressive",
+    "return z, torch.log(scale).sum(1)",
+    "return z, scale.sum(1)",
+    fails="autoregressive_log_det",
+)
+SET.variant(
+    "ch02-autoregressive",
+    "return z, torch.log(scale).sum(1)",
+    "jac = torch.func.vmap(torch.func.jacrev(lambda v: v * F.softplus(v @ scale_weights.T + scale_bias) + v @ shift_weights.T))(x)\n    return z, torch.linalg.slogdet(jac)[1]",
+    fails="autoregressive_log_det",
+)
+SET.variant(
+    "ch02-autoregressive",
+    "return z, torch.log(scale).sum(1)",
+    "return z.double(), torch.log(scale).sum(1).double()",
+    fails="autoregressive_float32",
+)
+
+
 # -- ch02-planar ----------------------------------------------------------------------------------
+
+SET.check_cell("ch02-planar", points=0.5)
 
 
 def _planar(ns, dim, seed, wu=None, dtype=torch.float64):
@@ -193,7 +253,7 @@ def _planar_points(dim, seed, dtype=torch.float64):
     return (2 * torch.randn(100, dim, generator=generator, dtype=torch.float64)).to(dtype)
 
 
-@SET.test("ch02-planar", points=0.5, requires=("SoftsignPlanar",))
+@SET.test("ch02-planar", points=0.5, requires=("SoftsignPlanar",), rtol=1e-7, atol=1e-9)
 def planar_u_hat(ns):
     """u_hat against the reference, and w.u_hat > -1 for w.u = -5, 0.3 and 4."""
     result = {}
@@ -207,12 +267,7 @@ def planar_u_hat(ns):
     return result
 
 
-@planar_u_hat.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-7, atol=1e-9)
-
-
-@SET.test("ch02-planar", points=0.5, requires=("SoftsignPlanar",))
+@SET.test("ch02-planar", points=0.5, requires=("SoftsignPlanar",), rtol=1e-7, atol=1e-9)
 def planar_forward(ns):
     """z of forward against the reference, in dimensions 2 and 5."""
     result = {}
@@ -225,12 +280,7 @@ def planar_forward(ns):
     return result
 
 
-@planar_forward.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-7, atol=1e-9)
-
-
-@SET.test("ch02-planar", points=1, requires=("SoftsignPlanar",))
+@SET.test("ch02-planar", points=0.5, requires=("SoftsignPlanar",))
 def planar_log_det(ns):
     """forward's log_det against the brute-force log|det J| (computed here) in dimensions 2, 5, 16."""
     from coursepkg.jacobian import log_abs_det_jacobian  # bound before the switch-off
@@ -260,7 +310,7 @@ def _(student, reference):
         )
 
 
-@SET.test("ch02-planar", points=0.5, requires=("SoftsignPlanar",))
+@SET.test("ch02-planar", points=0.5, requires=("SoftsignPlanar",), rtol=1e-7, atol=1e-8)
 def planar_inverse(ns):
     """inverse against the reference; inverse(forward(x)) == x, opposite log-determinants."""
     result = {}
@@ -280,11 +330,6 @@ def planar_inverse(ns):
     return result
 
 
-@planar_inverse.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-7, atol=1e-8)
-
-
 @SET.test("ch02-planar", points=0.5, requires=("SoftsignPlanar",))
 def planar_float32(ns):
     """A float32 layer and input: float32 outputs of the right shapes in both directions."""
@@ -296,7 +341,51 @@ def planar_float32(ns):
     return [(tuple(t.shape), str(t.dtype)) for t in (z, log_det, x_back, log_det_back)]
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant("ch02-planar", "* self.w / (self.w @ self.w)", "* self.w", fails="planar_u_hat")
+SET.variant("ch02-planar", "(F.softplus(wu) - 1 - wu)", "(F.softplus(wu) - wu)", fails="planar_u_hat")
+SET.variant(
+    "ch02-planar",
+    "derivative = 1 / (1 + a.abs()).square()  # h'(a)",
+    "derivative = 1 / (1 + a.abs())  # h'(a)",
+    fails="planar_log_det",
+)
+SET.variant(
+    "ch02-planar",
+    "return z, torch.log1p(derivative * (self.w @ u))",
+    "return z, -torch.log1p(derivative * (self.w @ u))",
+    fails="planar_log_det",
+)
+SET.variant(
+    "ch02-planar",
+    "return z, torch.log1p(derivative * (self.w @ u))",
+    "return z, torch.log1p(derivative * (self.w @ self.u))",
+    fails="planar_log_det",
+)
+SET.variant(
+    "ch02-planar",
+    "z = x + F.softsign(a).unsqueeze(1) * u",
+    "z = x + torch.tanh(a).unsqueeze(1) * u",
+    fails="planar_forward",
+)
+SET.variant(
+    "ch02-planar",
+    "t = 0.5 * (torch.sqrt(linear.square() + 4 * size) - linear)",
+    "t = 0.5 * (-torch.sqrt(linear.square() + 4 * size) - linear)",
+    fails="planar_inverse",
+)
+SET.variant("ch02-planar", "a = torch.sign(y) * t", "a = t", fails="planar_inverse")
+SET.variant(
+    "ch02-planar",
+    "a = x @ self.w + self.b  # (B,)",
+    "a = (x @ self.w + self.b).double()  # (B,)",
+    fails="planar_float32",
+)
+
+
 # -- ch02-stack -----------------------------------------------------------------------------------
+
+SET.check_cell("ch02-stack", points=0.5)
 
 
 def _coursepkg_stack(dtype=torch.float64):
@@ -316,18 +405,13 @@ def _stack_points(dtype=torch.float64):
     return torch.randn(64, 3, generator=generator, dtype=torch.float64).to(dtype)
 
 
-@SET.test("ch02-stack", points=1.5, requires=("run_stack",))
+@SET.test("ch02-stack", points=1, requires=("run_stack",), rtol=1e-7, atol=1e-9)
 def stack_values(ns):
     """run_stack on five coursepkg layers, float64: z, total and per-layer log-determinants."""
     layers = _coursepkg_stack()
     with _switched_off(), torch.no_grad():
         z, log_det, per_layer = ns.run_stack(layers, _stack_points())
     return {"z": z, "log_det": log_det, "per_layer": per_layer}
-
-
-@stack_values.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-7, atol=1e-9)
 
 
 @SET.test("ch02-stack", points=0.5, requires=("run_stack",))
@@ -379,3 +463,42 @@ def _(student, reference):
         raise AssertionError(f"log_det_gap of a correct stack should be below 1e-8, got {good:.3g}")
     key = "gap with one wrong log_det"
     default_compare({key: bad}, {key: reference[key]}, rtol=1e-6, atol=1e-7)
+
+
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant(
+    "ch02-stack",
+    "    for layer in layers:\n        x, log_det = layer(x)",
+    "    start = x\n    for layer in layers:\n        x, log_det = layer(start)",
+    fails="stack_values",
+)
+SET.variant(
+    "ch02-stack",
+    "torch.stack(per_layer, dim=1) if per_layer",
+    "torch.stack(per_layer, dim=0) if per_layer",
+    fails="stack_values",
+)
+SET.variant(
+    "ch02-stack",
+    "return x, per_layer.sum(1), per_layer",
+    "return x, per_layer[:, :-1].sum(1), per_layer",
+    fails="stack_values",
+)
+SET.variant(
+    "ch02-stack",
+    "return x, per_layer.sum(1), per_layer",
+    "return x.double(), per_layer.sum(1).double(), per_layer.double()",
+    fails="stack_float32",
+)
+SET.variant(
+    "ch02-stack",
+    "(log_det - torch.linalg.slogdet(jacobians)[1]).abs().max()",
+    "(log_det - torch.linalg.slogdet(jacobians)[1]).max()",
+    fails="stack_gap",
+)
+SET.variant(
+    "ch02-stack",
+    "(log_det - torch.linalg.slogdet(jacobians)[1]).abs().max()",
+    "(log_det - torch.linalg.slogdet(jacobians)[1]).abs().mean()",
+    fails="stack_gap",
+)

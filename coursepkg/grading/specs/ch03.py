@@ -19,20 +19,25 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import coursepkg
+from coursepkg.distributions import StandardLogistic
 from coursepkg.grading.spec import (
     ExerciseSet,
-    brute_force_jacobian_calls,
     default_compare,
-    determinant_calls,
-    switched_off,
+    forbid,
+    forbid_brute_force_jacobian,
+    forbid_determinants,
 )
+from coursepkg.grading.specs.common import LOG_2PI, brute_log_det, points, shapes
+from coursepkg.layers import coupling, elementwise
 
 SET = ExerciseSet(
     "ch03",
     notebook="03_nice.ipynb",
     # The layers, priors and builder that would answer the exercises, and the private classes
     # and modules they live in.
-    forbidden_imports=(
+    forbidden=forbid(
+        coursepkg.layers,
         "AdditiveCoupling",
         "AffineCoupling",
         "ConvAdditiveCoupling",
@@ -41,61 +46,33 @@ SET = ExerciseSet(
         "ElementwiseAffine",
         "Logit",
         "Sigmoid",
-        "StandardLogistic",
-        "nice",
         "coupling",
-        "_Coupling",
-        "_Additive",
-        "_Affine",
-    ),
+    )
+    + forbid(coupling, "_Coupling", "_Additive", "_Affine")
+    + forbid(coursepkg, "StandardLogistic")
+    + forbid(coursepkg.models, "nice"),
 )
-
-_LOG_2PI = math.log(2 * math.pi)
+# Exercises 1 to 3 have closed-form log-determinants.
+_CLOSED_FORM = forbid_brute_force_jacobian(
+    "the exercise asks for your own code, without coursepkg's brute-force Jacobian"
+) + forbid_determinants("a NICE layer's log-determinant has a closed form, without a determinant function")
+# Exercises 1 and 2 ask for these layers, which exercises 3 and 4 run (on coursepkg's own layers).
+_LAYER_METHODS = [
+    entry
+    for cls in (coupling._Additive, elementwise.ElementwiseAffine, elementwise.Logit, elementwise.Sigmoid)
+    for entry in forbid(cls, "forward", "inverse", why="this exercise asks for your own implementation")
+] + forbid(StandardLogistic, "log_prob", "sample", why="this exercise asks for your own implementation")
 
 
 def _switched_off(layers: bool = True):
-    """coursepkg's brute-force Jacobian, torch's determinants and (``layers``) the coursepkg
-    layers that answer exercises 1 and 2 raise :class:`ForbiddenCall` within the block."""
-    from coursepkg.distributions import StandardLogistic
-    from coursepkg.layers import coupling, elementwise
-
-    calls = brute_force_jacobian_calls(
-        "the exercise asks for your own code, without coursepkg's brute-force Jacobian"
-    )
-    calls += determinant_calls(
-        "a NICE layer's log-determinant has a closed form, without a determinant function"
-    )
-    if layers:
-        why = "this exercise asks for your own implementation, not coursepkg's"
-        for cls in (
-            coupling._Additive,
-            elementwise.ElementwiseAffine,
-            elementwise.Logit,
-            elementwise.Sigmoid,
-        ):
-            calls += [
-                (cls, method, f"coursepkg's {cls.__name__}.{method}", why)
-                for method in ("forward", "inverse")
-            ]
-        calls += [
-            (StandardLogistic, method, f"coursepkg's StandardLogistic.{method}", why)
-            for method in ("log_prob", "sample")
-        ]
-    return switched_off(calls)
-
-
-def _brute_log_det(fn, x):
-    """The brute-force log|det J| of fn at each row of x; call it outside ``_switched_off``."""
-    from coursepkg.jacobian import log_abs_det_jacobian
-
-    return log_abs_det_jacobian(fn, x)
-
-
-def _shapes(*tensors):
-    return [(tuple(t.shape), str(t.dtype)) if isinstance(t, torch.Tensor) else repr(type(t)) for t in tensors]
+    """The set's answers, the brute-force Jacobian, torch's determinants and (``layers``) the
+    methods of coursepkg's layers that answer exercises 1 and 2 raise within the block."""
+    return SET.switched_off(*_CLOSED_FORM, *(_LAYER_METHODS if layers else ()))
 
 
 # -- ch03-coupling --------------------------------------------------------------------------------
+
+SET.check_cell("ch03-coupling", points=0.5)
 
 
 class _ShiftNet(nn.Module):
@@ -121,52 +98,37 @@ _COUPLING_CASES = (
 )
 
 
-def _points(batch, dim, seed, dtype=torch.float64):
-    generator = torch.Generator().manual_seed(seed)
-    return (1.5 * torch.randn(batch, dim, generator=generator, dtype=torch.float64)).to(dtype)
-
-
 def _coupling(ns, mask, seed, dtype=torch.float64):
     return ns.NiceCoupling(torch.tensor(mask), _ShiftNet(len(mask), seed)).to(dtype)
 
 
-@SET.test("ch03-coupling", points=1, requires=("NiceCoupling",))
+@SET.test("ch03-coupling", points=1, requires=("NiceCoupling",), rtol=1e-9, atol=1e-10)
 def coupling_forward(ns):
     """forward (z, log_det) in float64 for three masks and networks that see every coordinate."""
     result = {}
     with _switched_off(), torch.no_grad():
         for label, mask, seed in _COUPLING_CASES:
             layer = _coupling(ns, mask, seed)
-            z, log_det = layer(_points(40, len(mask), seed + 10))
+            z, log_det = layer(points(40, len(mask), seed + 10))
             result[f"forward(x)[0] (z), {label}"] = z
             result[f"forward(x)[1] (log_det), {label}"] = log_det
     return result
 
 
-@coupling_forward.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-9, atol=1e-10)
-
-
-@SET.test("ch03-coupling", points=1, requires=("NiceCoupling",))
+@SET.test("ch03-coupling", points=0.5, requires=("NiceCoupling",), rtol=1e-9, atol=1e-10)
 def coupling_inverse(ns):
     """inverse of any z against the reference; inverse(forward(x)) == x."""
     result = {}
     with _switched_off(), torch.no_grad():
         for label, mask, seed in _COUPLING_CASES:
             layer = _coupling(ns, mask, seed)
-            x_of, log_det_of = layer.inverse(_points(40, len(mask), seed + 20))
-            x = _points(40, len(mask), seed + 30)
+            x_of, log_det_of = layer.inverse(points(40, len(mask), seed + 20))
+            x = points(40, len(mask), seed + 30)
             x_back, _ = layer.inverse(layer(x)[0])
             result[f"inverse(z)[0] (x), {label}"] = x_of
             result[f"inverse(z)[1] (log_det), {label}"] = log_det_of
             result[f"inverse(forward(x)) == x, {label}"] = bool((x_back - x).abs().max() < 1e-10)
     return result
-
-
-@coupling_inverse.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-9, atol=1e-10)
 
 
 @SET.test("ch03-coupling", points=0.5, requires=("NiceCoupling",))
@@ -175,15 +137,15 @@ def coupling_log_det(ns):
     result = {}
     for label, mask, seed in _COUPLING_CASES[:2]:
         layer = _coupling(ns, mask, seed)
-        x = _points(25, len(mask), seed + 40)
+        x = points(25, len(mask), seed + 40)
         with _switched_off(), torch.no_grad():
             z, log_det = layer(x)
             _, log_det_inverse = layer.inverse(z)
         result[label] = {
             "forward log_det": log_det,
-            "brute force forward": _brute_log_det(lambda v, layer=layer: layer(v)[0], x),
+            "brute force forward": brute_log_det(lambda v, layer=layer: layer(v)[0], x),
             "inverse log_det": log_det_inverse,
-            "brute force inverse": _brute_log_det(lambda v, layer=layer: layer.inverse(v)[0], z),
+            "brute force inverse": brute_log_det(lambda v, layer=layer: layer.inverse(v)[0], z),
         }
     return result
 
@@ -216,11 +178,11 @@ def coupling_float32(ns):
     """float32 in, float32 out (shapes (B, D), (B,)); the network's parameters receive gradients."""
     label, mask, seed = _COUPLING_CASES[0]
     layer = _coupling(ns, mask, seed, torch.float32)
-    x = _points(8, len(mask), seed + 50, torch.float32)
+    x = points(8, len(mask), seed + 50, torch.float32)
     with _switched_off():
         z, log_det = layer(x)
         x_back, log_det_back = layer.inverse(z)
-    result = {"float32 shapes and dtypes": _shapes(z, log_det, x_back, log_det_back)}
+    result = {"float32 shapes and dtypes": shapes(z, log_det, x_back, log_det_back)}
     if isinstance(z, torch.Tensor) and z.requires_grad:
         (z.square().sum() + x_back.square().sum()).backward()
     result["every parameter of shift_net receives a finite, non-zero gradient"] = all(
@@ -230,7 +192,31 @@ def coupling_float32(ns):
     return result
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+# The mask not complemented: the kept half is shifted, the other half passes unchanged.
+SET.variant(
+    "ch03-coupling",
+    "shift = self.shift_net(x * keep) * (1 - keep)",
+    "shift = self.shift_net(x * keep) * keep",
+    fails="coupling_forward",
+)
+SET.variant("ch03-coupling", "return z - shift", "return z + shift", fails="coupling_inverse")
+# The inverse computes its shift from the wrong half of z.
+SET.variant(
+    "ch03-coupling", "self.shift_net(z * keep)", "self.shift_net(z * (1 - keep))", fails="coupling_inverse"
+)
+SET.variant(
+    "ch03-coupling",
+    "keep = self.mask.to(x.dtype)  #",
+    "keep = self.mask.double()  #",
+    fails="coupling_float32",
+)
+
+
 # -- ch03-scaling ---------------------------------------------------------------------------------
+
+SET.check_cell("ch03-scaling", points=0.5)
+
 
 _LOG_SCALE = (0.7, -1.2, 0.0, 2.1, -0.4)
 
@@ -242,34 +228,29 @@ def _scaling(ns, dtype=torch.float64):
     return layer.to(dtype)
 
 
-@SET.test("ch03-scaling", points=0.5, requires=("DiagonalScaling",))
+@SET.test("ch03-scaling", points=0.5, requires=("DiagonalScaling",), rtol=1e-9, atol=1e-10)
 def scaling_forward(ns):
     """forward (z, log_det) with log-scales set here, float64, batch 7 (not the dimension 5)."""
     layer = _scaling(ns)
     with _switched_off(), torch.no_grad():
-        z, log_det = layer(_points(7, len(_LOG_SCALE), 60))
+        z, log_det = layer(points(7, len(_LOG_SCALE), 60))
     return {"forward(x)[0] (z)": z, "forward(x)[1] (log_det)": log_det}
-
-
-@scaling_forward.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-9, atol=1e-10)
 
 
 @SET.test("ch03-scaling", points=0.5, requires=("DiagonalScaling",))
 def scaling_log_det(ns):
     """log_det of forward and inverse against the brute-force log|det J|, shape (B,)."""
     layer = _scaling(ns)
-    x = _points(7, len(_LOG_SCALE), 61)
+    x = points(7, len(_LOG_SCALE), 61)
     with _switched_off(), torch.no_grad():
         z, log_det = layer(x)
         _, log_det_inverse = layer.inverse(z)
     return {
         "DiagonalScaling(5), batch 7": {
             "forward log_det": log_det,
-            "brute force forward": _brute_log_det(lambda v: layer(v)[0], x),
+            "brute force forward": brute_log_det(lambda v: layer(v)[0], x),
             "inverse log_det": log_det_inverse,
-            "brute force inverse": _brute_log_det(lambda v: layer.inverse(v)[0], z),
+            "brute force inverse": brute_log_det(lambda v: layer.inverse(v)[0], z),
         }
     }
 
@@ -279,42 +260,32 @@ def _(student, reference):
     _compare_log_dets(student, reference, tolerance=1e-9)
 
 
-@SET.test("ch03-scaling", points=0.5, requires=("DiagonalScaling",))
+@SET.test("ch03-scaling", points=0.5, requires=("DiagonalScaling",), rtol=1e-9, atol=1e-10)
 def scaling_inverse(ns):
     """inverse against the reference, inverse(forward(x)) == x, float32 dtypes and shapes."""
     layer = _scaling(ns)
-    x = _points(7, len(_LOG_SCALE), 62)
+    x = points(7, len(_LOG_SCALE), 62)
     with _switched_off(), torch.no_grad():
-        x_of, log_det_of = layer.inverse(_points(7, len(_LOG_SCALE), 63))
+        x_of, log_det_of = layer.inverse(points(7, len(_LOG_SCALE), 63))
         x_back, _ = layer.inverse(layer(x)[0])
         layer32 = _scaling(ns, torch.float32)
-        x32 = _points(3, len(_LOG_SCALE), 64, torch.float32)
+        x32 = points(3, len(_LOG_SCALE), 64, torch.float32)
         z32, log_det32 = layer32(x32)
         x_back32, log_det_back32 = layer32.inverse(z32)
     return {
         "inverse(z)[0] (x)": x_of,
         "inverse(z)[1] (log_det)": log_det_of,
         "inverse(forward(x)) == x": bool((x_back - x).abs().max() < 1e-12),
-        "float32 shapes and dtypes": _shapes(z32, log_det32, x_back32, log_det_back32),
+        "float32 shapes and dtypes": shapes(z32, log_det32, x_back32, log_det_back32),
     }
 
 
-@scaling_inverse.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-9, atol=1e-10)
-
-
-@SET.test("ch03-scaling", points=1, requires=("logistic_log_prob",))
+@SET.test("ch03-scaling", points=0.5, requires=("logistic_log_prob",), rtol=1e-9, atol=1e-10)
 def logistic_values(ns):
     """logistic_log_prob on (64, 5) points of moderate size, float64."""
-    z = 3 * _points(64, 5, 65)
+    z = 3 * points(64, 5, 65)
     with _switched_off(), torch.no_grad():
         return {"logistic_log_prob(z)": ns.logistic_log_prob(z)}
-
-
-@logistic_values.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-9, atol=1e-10)
 
 
 _EXTREMES = (
@@ -353,7 +324,51 @@ def _(student, reference):
         assert_close(value, expected, what, 1e-6, rtol)
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant(
+    "ch03-scaling",
+    "return z, self.log_scale.sum().expand(x.shape[0])",
+    "return z, -self.log_scale.sum().expand(x.shape[0])",
+    fails="scaling_log_det",
+)
+# exp and log confused: the sum of the scales instead of the sum of the log-scales.
+SET.variant(
+    "ch03-scaling",
+    "return z, self.log_scale.sum().expand(x.shape[0])",
+    "return z, torch.exp(self.log_scale).sum().expand(x.shape[0])",
+    fails="scaling_log_det",
+)
+# The log-determinant summed over the batch axis instead of the feature axis.
+SET.variant(
+    "ch03-scaling",
+    "return z, self.log_scale.sum().expand(x.shape[0])",
+    "return z, (torch.zeros_like(x) + self.log_scale).sum(0)",
+    fails="scaling_log_det",
+)
+SET.variant(
+    "ch03-scaling",
+    "-(F.softplus(z) + F.softplus(-z)).sum(1)",
+    "-(F.softplus(z) + F.softplus(-z)).sum(0)",
+    fails="logistic_values",
+)
+SET.variant(
+    "ch03-scaling",
+    "return -(F.softplus(z) + F.softplus(-z)).sum(1)",
+    "return (F.softplus(z) + F.softplus(-z)).sum(1)",
+    fails="logistic_values",
+)
+# The textbook formula, which underflows to log(0) for large |z|.
+SET.variant(
+    "ch03-scaling",
+    "return -(F.softplus(z) + F.softplus(-z)).sum(1)",
+    "return torch.log(torch.sigmoid(z) * torch.sigmoid(-z)).sum(1)",
+    fails="logistic_stable",
+)
+
+
 # -- ch03-likelihood ------------------------------------------------------------------------------
+
+SET.check_cell("ch03-likelihood", points=0.5)
 
 
 def _nice_stack(dim: int, seed: int, dtype=torch.float64):
@@ -381,22 +396,22 @@ def _transform(layers):
 
 
 def _normal_log_prob(z):
-    return -0.5 * (z.square() + _LOG_2PI).sum(1)
+    return -0.5 * (z.square() + LOG_2PI).sum(1)
 
 
 def _logistic_log_prob(z):
     return -(F.softplus(z) + F.softplus(-z)).sum(1)
 
 
-@SET.test("ch03-likelihood", points=1, requires=("nice_log_prob",))
+@SET.test("ch03-likelihood", points=0.5, requires=("nice_log_prob",))
 def likelihood_values(ns):
     """nice_log_prob against log p_Z(f(x)) + brute-force log|det J_f(x)|, gradients, float32."""
     layers = _nice_stack(4, 70)
-    x = 2 * _points(60, 4, 71)
+    x = 2 * points(60, 4, 71)
     transform = _transform(layers)
     with torch.no_grad():
         z = transform(x)
-    brute = _brute_log_det(transform, x)
+    brute = brute_log_det(transform, x)
     result = {}
     for name, log_prior in (("normal", _normal_log_prob), ("logistic", _logistic_log_prob)):
         with _switched_off(layers=False):
@@ -413,8 +428,8 @@ def likelihood_values(ns):
     )
     layers32 = _nice_stack(4, 72, torch.float32)
     with _switched_off(layers=False), torch.no_grad():
-        log_p32 = ns.nice_log_prob(layers32, _points(5, 4, 73, torch.float32), _logistic_log_prob)
-    result["float32"] = _shapes(log_p32)
+        log_p32 = ns.nice_log_prob(layers32, points(5, 4, 73, torch.float32), _logistic_log_prob)
+    result["float32"] = shapes(log_p32)
     return result
 
 
@@ -475,7 +490,7 @@ def sample_distribution(ns):
             layers, 20_000, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64
         )
     if not isinstance(samples, torch.Tensor) or samples.shape != (20_000, 4):
-        return {"shape": _shapes(samples)}
+        return {"shape": shapes(samples)}
     with torch.no_grad():
         latents = _transform(layers)(samples.detach().double())
     empirical = torch.arange(1, 20_001, dtype=torch.float64) / 20_000
@@ -484,7 +499,7 @@ def sample_distribution(ns):
         cdf = torch.sigmoid(latents[:, d].sort().values)
         gap = torch.maximum(empirical - cdf, cdf - (empirical - 1 / 20_000)).max().item()
         gaps.append(gap if math.isfinite(gap) else float("inf"))
-    return {"shape": _shapes(samples), "gaps": gaps}
+    return {"shape": shapes(samples), "gaps": gaps}
 
 
 @sample_distribution.compare
@@ -503,17 +518,35 @@ def _(student, reference):
         )
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant(
+    "ch03-likelihood",
+    "return log_prior(z) + log_det",
+    "return log_prior(z) - log_det",
+    fails="likelihood_values",
+)
+# The inverses applied in the forward order.
+SET.variant(
+    "ch03-likelihood", "for layer in reversed(layers):", "for layer in layers:", fails="sample_distribution"
+)
+
+
 # -- ch03-experiment ------------------------------------------------------------------------------
 
-_BOUND_CASES = ((-1.728, 2), (0.5, 2), (1 + _LOG_2PI, 2), (10.0, 3), (-20.0, 64))
+SET.check_cell("ch03-experiment", points=0.5)
+
+
+_BOUND_CASES = ((-1.728, 2), (0.5, 2), (1 + LOG_2PI, 2), (10.0, 3), (-20.0, 64))
 
 
 def _bound(entropy, dim):
     variance = math.exp(2 * entropy / dim) / (2 * math.pi * math.e)
     return 0.5 * dim * (variance - 1 - math.log(variance))
 
+    # A formula with another factor or exponent is far off; float32 rounding is not.
 
-@SET.test("ch03-experiment", points=1, requires=("kl_lower_bound",))
+
+@SET.test("ch03-experiment", points=1, requires=("kl_lower_bound",), rtol=1e-6, atol=1e-7)
 def bound_values(ns):
     """kl_lower_bound for five entropies and dimensions (one of them the prior's own entropy)."""
     result = {}
@@ -525,12 +558,6 @@ def bound_values(ns):
     return result
 
 
-@bound_values.compare
-def _(student, reference):
-    # A formula with another factor or exponent is far off; float32 rounding is not.
-    default_compare(student, reference, rtol=1e-6, atol=1e-7)
-
-
 def _experiment_target():
     from coursepkg.data import GaussianMixture
 
@@ -539,7 +566,7 @@ def _experiment_target():
     )
 
 
-@SET.test("ch03-experiment", points=2, requires=("fit_nice",), timeout=150)
+@SET.test("ch03-experiment", points=1.5, requires=("fit_nice",), timeout=150)
 def fit_values(ns):
     """Trains coursepkg's NICE (4 couplings and a scaling) with fit_nice; measures its KL here."""
     from coursepkg import Compose, NormalizingFlow, StandardNormal
@@ -584,3 +611,14 @@ def _(student, reference):
             f"after training with fit_nice, the KL of a NICE with a scaling layer is {kl:.3f} nats; it "
             f"should be below half the bound of a volume-preserving flow, {bound / 2:.3f} nats"
         )
+
+
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant("ch03-experiment", "math.exp(2 * entropy / dim)", "math.exp(entropy / dim)", fails="bound_values")
+# Gradient ascent on the negative log-likelihood.
+SET.variant(
+    "ch03-experiment",
+    "loss = -nice_log_prob(layers, batch, normal_log_prob).mean()",
+    "loss = nice_log_prob(layers, batch, normal_log_prob).mean()",
+    fails="fit_values",
+)

@@ -15,73 +15,45 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional
 
-from coursepkg.grading.spec import ExerciseSet, default_compare, switched_off
+import coursepkg
+from coursepkg.grading.spec import ExerciseSet, forbid
+from coursepkg.grading.specs.common import brute_log_det, points
+from coursepkg.layers import coupling, reshape
 
+_MASKS = ("checkerboard_mask", "channel_mask", "halves_mask", "alternating_mask", "soft_clamp")
 SET = ExerciseSet(
     "ch04",
     notebook="04_realnvp.ipynb",
-    # The chapter's masks, reshapes and coupling layers, and the builder that stacks them.
-    forbidden_imports=(
-        "checkerboard_mask",
-        "channel_mask",
-        "halves_mask",
-        "alternating_mask",
+    # The chapter's masks, reshapes and coupling layers (the functions also in the modules that
+    # define them, another way in), the builder that stacks them, and torch's squeeze.
+    forbidden=forbid(
+        coursepkg.layers,
+        *_MASKS,
         "squeeze",
         "unsqueeze",
         "Squeeze",
         "Unsqueeze",
         "MultiScale",
-        "soft_clamp",
         "AffineCoupling",
         "ConvAffineCoupling",
         "AdditiveCoupling",
         "ConvAdditiveCoupling",
         "coupling",
-        "realnvp",
-    ),
-)
-
-
-def _switched_off():
-    """The functions that would answer the exercises raise :class:`ForbiddenCall` within the block."""
-    from torch.nn import functional
-
-    import coursepkg.layers as layers
-    import coursepkg.layers.coupling as coupling_module
-    import coursepkg.layers.reshape as reshape_module
-
-    why = "this exercise asks for your own code"
-    names = (
-        "checkerboard_mask",
-        "channel_mask",
-        "halves_mask",
-        "alternating_mask",
-        "soft_clamp",
-        "squeeze",
-        "unsqueeze",
     )
-    calls = [
-        (module, name, f"{label}.{name}", why)
-        for module, label in (
-            (layers, "coursepkg.layers"),
-            (coupling_module, "coursepkg.layers.coupling"),
-            (reshape_module, "coursepkg.layers.reshape"),
-        )
-        for name in names
-    ]
-    calls += [
-        (module, name, f"{label}.{name}", why)
-        for module, label in ((torch, "torch"), (functional, "torch.nn.functional"))
-        for name in ("pixel_shuffle", "pixel_unshuffle")
-    ]
-    return switched_off(calls)
+    + forbid(coupling, *_MASKS)
+    + forbid(reshape, "squeeze", "unsqueeze")
+    + forbid(coursepkg.models, "realnvp")
+    + forbid(torch, "pixel_shuffle", "pixel_unshuffle")
+    + forbid(functional, "pixel_shuffle", "pixel_unshuffle"),
+)
 
 
 def _error_name(fn, *args) -> str:
     """The name of the exception ``fn(*args)`` raises, or ``"no error"``; the stub's is passed on."""
     try:
-        with _switched_off():
+        with SET.switched_off():
             fn(*args)
     except NotImplementedError:
         raise
@@ -100,12 +72,14 @@ def _compare_errors(student, reference):
 
 # -- ch04-masks -----------------------------------------------------------------------------------
 
+SET.check_cell("ch04-masks", points=0.5)
 
-@SET.test("ch04-masks", points=1, requires=("checkerboard",))
+
+@SET.test("ch04-masks", points=0.5, requires=("checkerboard",))
 def checkerboard_values(ns):
     """checkerboard for square and non-square sizes and both parities."""
     result = {}
-    with _switched_off():
+    with SET.switched_off():
         for height, width in ((1, 1), (2, 2), (4, 4), (3, 5), (6, 3), (8, 8), (1, 7)):
             for parity in (0, 1):
                 result[f"checkerboard({height}, {width}, parity={parity})"] = ns.checkerboard(
@@ -119,7 +93,7 @@ def checkerboard_values(ns):
 def channel_values(ns):
     """channel_halves for even and odd numbers of channels and both parities."""
     result = {}
-    with _switched_off():
+    with SET.switched_off():
         for channels in (2, 3, 4, 5, 8, 12):
             for parity in (0, 1):
                 result[f"channel_halves({channels}, parity={parity})"] = ns.channel_halves(channels, parity)
@@ -141,7 +115,24 @@ def masks_invalid(ns):
 masks_invalid.compare(_compare_errors)
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant(
+    "ch04-masks",
+    "(rows + columns) % 2 == parity",
+    "(rows + columns) % 2 != parity",
+    fails="checkerboard_values",
+)
+SET.variant(
+    "ch04-masks",
+    "torch.arange(channels) < channels // 2",
+    "torch.arange(channels) < (channels + 1) // 2",
+    fails="channel_values",
+)
+
+
 # -- ch04-squeeze ---------------------------------------------------------------------------------
+
+SET.check_cell("ch04-squeeze", points=0.5)
 
 
 def _random(*shape, seed, dtype=torch.float64):
@@ -154,19 +145,19 @@ def squeeze_values(ns):
     """squeeze2x2 of an integer image and of a random float64 batch."""
     image = torch.arange(2 * 3 * 4 * 6).reshape(2, 3, 4, 6)
     batch = _random(4, 2, 6, 2, seed=40)
-    with _switched_off():
+    with SET.switched_off():
         return {
             "squeeze2x2(arange(144).reshape(2, 3, 4, 6))": ns.squeeze2x2(image),
             "squeeze2x2(x) for a random x of shape (4, 2, 6, 2)": ns.squeeze2x2(batch),
         }
 
 
-@SET.test("ch04-squeeze", points=1, requires=("squeeze2x2", "unsqueeze2x2"))
+@SET.test("ch04-squeeze", points=0.5, requires=("squeeze2x2", "unsqueeze2x2"))
 def squeeze_round_trip(ns):
     """unsqueeze2x2 against the reference; both round trips; images of a batch do not mix."""
     z = _random(3, 8, 2, 5, seed=41)
     x = _random(5, 3, 4, 6, seed=42)
-    with _switched_off():
+    with SET.switched_off():
         unsqueezed = ns.unsqueeze2x2(z)
         x_back = ns.unsqueeze2x2(ns.squeeze2x2(x))
         z_back = ns.squeeze2x2(ns.unsqueeze2x2(z))
@@ -202,7 +193,7 @@ def squeeze_dtypes(ns):
     x = _random(2, 3, 4, 6, seed=43)
     inputs = {"float32": x.float(), "float64": x, "bool": x > 0}
     transposed = _random(2, 1, 6, 4, seed=44).transpose(2, 3)  # (2, 1, 4, 6), not contiguous
-    with _switched_off():
+    with SET.switched_off():
         for name, tensor in inputs.items():
             squeezed = ns.squeeze2x2(tensor)
             back = ns.unsqueeze2x2(squeezed)
@@ -220,7 +211,30 @@ def squeeze_dtypes(ns):
     return result
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant(
+    "ch04-squeeze",
+    "blocks.permute(0, 1, 3, 5, 2, 4)",
+    "blocks.permute(0, 1, 5, 3, 2, 4)",
+    fails="squeeze_values",
+)
+SET.variant(
+    "ch04-squeeze",
+    "blocks.permute(0, 1, 3, 5, 2, 4)",
+    "blocks.permute(1, 0, 3, 5, 2, 4)",
+    fails="squeeze_round_trip",
+)
+SET.variant(
+    "ch04-squeeze",
+    "blocks.permute(0, 1, 4, 2, 5, 3)",
+    "blocks.permute(0, 1, 4, 3, 5, 2)",
+    fails="squeeze_round_trip",
+)
+
+
 # -- ch04-coupling --------------------------------------------------------------------------------
+
+SET.check_cell("ch04-coupling", points=0.5)
 
 
 class _TestConditioner(nn.Module):
@@ -283,25 +297,14 @@ def _layer(ns, mask, conditioner, scale_bound=None):
     return ns.MaskedAffineCoupling(mask.clone(), conditioner, scale_bound=scale_bound)
 
 
-def _points(batch, dim, seed, dtype=torch.float64):
-    return 1.5 * _random(batch, dim, seed=seed, dtype=dtype)
-
-
-def _brute_log_det(fn, x):
-    """log|det d fn / dx| per sample in float64: one autograd Jacobian per row, then slogdet."""
-    from coursepkg.jacobian import log_abs_det_jacobian
-
-    return log_abs_det_jacobian(fn, x.double(), method="loop")
-
-
-@SET.test("ch04-coupling", points=1, requires=("MaskedAffineCoupling",))
+@SET.test("ch04-coupling", points=1, requires=("MaskedAffineCoupling",), rtol=1e-7, atol=1e-9)
 def coupling_forward(ns):
     """forward in float64 for two masks; kept values unchanged; the conditioner sees only them."""
     result = {}
     for index, (label, mask) in enumerate(_MASKS.items()):
         conditioner = _TestConditioner(mask, seed=50 + index)
-        x = _points(40, len(mask), seed=60 + index)
-        with _switched_off(), torch.no_grad():
+        x = points(40, len(mask), seed=60 + index)
+        with SET.switched_off(), torch.no_grad():
             layer = _layer(ns, mask, conditioner, scale_bound=None if index == 0 else 3.0)
             z, log_det = layer(x)
         result[f"{label}: forward(x)[0] (z)"] = z
@@ -315,24 +318,19 @@ def coupling_forward(ns):
     return result
 
 
-@coupling_forward.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-7, atol=1e-9)
-
-
 @SET.test("ch04-coupling", points=1, requires=("MaskedAffineCoupling",))
 def coupling_log_det(ns):
     """log_det of forward and of inverse against the brute-force log|det J| (float64)."""
     result = {}
     for index, (label, mask) in enumerate(_MASKS.items()):
-        x = _points(25, len(mask), seed=80 + index)
-        with _switched_off():
+        x = points(25, len(mask), seed=80 + index)
+        with SET.switched_off():
             layer = _layer(ns, mask, _TestConditioner(mask, seed=70 + index))
             with torch.no_grad():
                 z, log_det = layer(x)
                 _, log_det_inverse = layer.inverse(z)
-            brute = _brute_log_det(layer, x)
-            brute_inverse = _brute_log_det(layer.inverse, z)
+            brute = brute_log_det(layer, x)
+            brute_inverse = brute_log_det(layer.inverse, z)
         result[f"{label}: forward"] = {"log_det": log_det, "brute force": brute}
         result[f"{label}: inverse"] = {"log_det": log_det_inverse, "brute force": brute_inverse}
     return result
@@ -351,14 +349,14 @@ def _(student, reference):
         assert_close(log_det, values["brute force"], f"{key} log_det vs brute-force log|det J|", 1e-9, 1e-7)
 
 
-@SET.test("ch04-coupling", points=1, requires=("MaskedAffineCoupling",))
+@SET.test("ch04-coupling", points=0.5, requires=("MaskedAffineCoupling",), rtol=1e-7, atol=1e-9)
 def coupling_inverse(ns):
     """inverse against the reference; inverse(forward(x)) == x; opposite log-determinants."""
     result = {}
     for index, (label, mask) in enumerate(_MASKS.items()):
         layer = _layer(ns, mask, _TestConditioner(mask, seed=90 + index))
-        x = _points(40, len(mask), seed=100 + index)
-        with _switched_off(), torch.no_grad():
+        x = points(40, len(mask), seed=100 + index)
+        with SET.switched_off(), torch.no_grad():
             x_of, log_det_of = layer.inverse(x)
             z, log_det = layer(x)
             x_back, log_det_back = layer.inverse(z)
@@ -371,19 +369,14 @@ def coupling_inverse(ns):
     return result
 
 
-@coupling_inverse.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-7, atol=1e-9)
-
-
-@SET.test("ch04-coupling", points=0.5, requires=("MaskedAffineCoupling",))
+@SET.test("ch04-coupling", points=0.5, requires=("MaskedAffineCoupling",), rtol=1e-7, atol=1e-9)
 def coupling_clamp(ns):
     """The soft clamp: raw log-scales of a few units (bound 1), and huge ones (bound 2)."""
     mask = torch.tensor([False, True, False, False, True, False, True])
     conditioner = _TestConditioner(mask, seed=110, gain=4.0)
-    x = _points(30, 7, seed=111)
+    x = points(30, 7, seed=111)
     huge = _ConstantConditioner(7, 1e4)
-    with _switched_off(), torch.no_grad():
+    with SET.switched_off(), torch.no_grad():
         z, log_det = _layer(ns, mask, conditioner, scale_bound=1.0)(x)
         z_huge, log_det_huge = _layer(ns, mask, huge, scale_bound=2.0)(x)
     transformed = int((~mask).sum())
@@ -398,11 +391,6 @@ def coupling_clamp(ns):
     }
 
 
-@coupling_clamp.compare
-def _(student, reference):
-    default_compare(student, reference, rtol=1e-7, atol=1e-9)
-
-
 @SET.test("ch04-coupling", points=0.5, requires=("MaskedAffineCoupling",))
 def coupling_dtypes(ns):
     """float32 and float64 layers and inputs: shapes and dtypes both ways; the mask is a buffer."""
@@ -410,8 +398,8 @@ def coupling_dtypes(ns):
     mask = torch.tensor([True, False, False])
     for dtype in (torch.float32, torch.float64):
         layer = _layer(ns, mask, _TestConditioner(mask, seed=120, dtype=dtype))
-        x = _points(6, 3, seed=121, dtype=dtype)
-        with _switched_off(), torch.no_grad():
+        x = points(6, 3, seed=121, dtype=dtype)
+        with SET.switched_off(), torch.no_grad():
             z, log_det = layer(x)
             x_back, log_det_back = layer.inverse(z)
         result[str(dtype)] = [(tuple(t.shape), str(t.dtype)) for t in (z, log_det, x_back, log_det_back)]
@@ -419,10 +407,29 @@ def coupling_dtypes(ns):
     return result
 
 
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant("ch04-coupling", "return z, s.sum(dim=1)", "return z, -s.sum(dim=1)", fails="coupling_log_det")
+SET.variant("ch04-coupling", "return z, s.sum(dim=1)", "return z, s.sum(dim=0)", fails="coupling_forward")
+SET.variant("ch04-coupling", "free = 1 - keep", "free = keep", fails="coupling_forward")
+SET.variant("ch04-coupling", "self.conditioner(v * keep)", "self.conditioner(v)", fails="coupling_log_det")
+SET.variant("ch04-coupling", "z = x * torch.exp(s) + t", "z = x * s + t", fails="coupling_forward")
+SET.variant(
+    "ch04-coupling",
+    "s = self.scale_bound * torch.tanh(s_raw / self.scale_bound) * free",
+    "s = s_raw * free",
+    fails="coupling_clamp",
+)
+SET.variant(
+    "ch04-coupling", "x = (z - t) * torch.exp(-s)", "x = z * torch.exp(-s) - t", fails="coupling_inverse"
+)
+
+
 # -- ch04-experiment ------------------------------------------------------------------------------
 
+SET.check_cell("ch04-experiment", points=0.5)
 
-@SET.test("ch04-experiment", points=2, requires=("fit_coupling_flow", "MaskedAffineCoupling"), timeout=150)
+
+@SET.test("ch04-experiment", points=1.5, requires=("fit_coupling_flow", "MaskedAffineCoupling"), timeout=150)
 def alternating_masks(ns):
     """Trains an alternating and a fixed-mask flow (seed 1) and measures KL(target || model) itself."""
     from coursepkg import NormalizingFlow, StandardNormal
@@ -432,7 +439,7 @@ def alternating_masks(ns):
     points = target.sample(1000, generator=torch.Generator().manual_seed(3))
     result = {}
     for alternate, label in ((True, "alternating masks"), (False, "fixed mask")):
-        with _switched_off():
+        with SET.switched_off():
             flow = ns.fit_coupling_flow(alternate, seed=1)
         model = NormalizingFlow(flow, StandardNormal(2))
         kl = kl_divergence(model, target, num_samples=20_000)["kl"]
@@ -467,3 +474,18 @@ def _(student, reference):
         )
     if not fixed - alternating > 0.3:
         raise AssertionError(f"alternating masks should win by more than 0.3 nats; {measured}")
+
+
+# Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).
+SET.variant(
+    "ch04-experiment",
+    "keeps_first = k % 2 == 0 or not alternate",
+    "keeps_first = k % 2 == 0",
+    fails="alternating_masks",
+)
+SET.variant(
+    "ch04-experiment",
+    "-(base.log_prob(z) + log_det).mean()",
+    "-(base.log_prob(z) - log_det).mean()",
+    fails="alternating_masks",
+)
