@@ -47,7 +47,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache
