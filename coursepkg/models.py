@@ -27,14 +27,12 @@ import torch
 from torch import nn
 
 from . import layers as L
-from .core import Compose, Flow, NormalizingFlow
+from .core import Compose, Flow, Inverse, NormalizingFlow
 from .distributions import StandardLogistic, StandardNormal
 
-__all__ = ["data_shape", "nice", "realnvp", "standard_normal_base"]
+__all__ = ["data_shape", "iaf", "maf", "nice", "realnvp", "standard_normal_base"]
 
 _PLANNED = {
-    "maf": "chapter 5 (MAF and IAF)",
-    "iaf": "chapter 5 (MAF and IAF)",
     "glow": "chapter 6 (Glow)",
     "iresnet": "chapter 7 (i-ResNet)",
 }
@@ -115,6 +113,15 @@ def _check_hidden(hidden) -> None:
         raise ValueError(
             f"hidden must be a positive int or a non-empty tuple of positive ints, got {hidden!r}"
         )
+
+
+def _check_scale_bound(scale_bound) -> None:
+    if scale_bound is not None and (
+        isinstance(scale_bound, bool)
+        or not isinstance(scale_bound, numbers.Real)
+        or not (math.isfinite(scale_bound) and scale_bound > 0)
+    ):
+        raise ValueError(f"scale_bound must be a finite number > 0 or None (unbounded), got {scale_bound!r}")
 
 
 def _check_logit(logit, logit_alpha) -> None:
@@ -250,12 +257,7 @@ def realnvp(
     if hidden is not None:
         _check_hidden(hidden)
     _check_logit(logit, logit_alpha)
-    if scale_bound is not None and (
-        isinstance(scale_bound, bool)
-        or not isinstance(scale_bound, numbers.Real)
-        or not (math.isfinite(scale_bound) and scale_bound > 0)
-    ):
-        raise ValueError(f"scale_bound must be a finite number > 0 or None (unbounded), got {scale_bound!r}")
+    _check_scale_bound(scale_bound)
     if len(shape) == 1:
         dim = _vector_dim(shape[0], "realnvp", "dim_or_shape")
         hidden = (128, 128) if hidden is None else hidden
@@ -311,6 +313,142 @@ def realnvp(
 
     transform = Compose(*_logit(logit is None or logit, logit_alpha), scale(c, h, w, 0))
     return NormalizingFlow(transform, StandardNormal(shape))
+
+
+_AUTOREGRESSIVE_ORDERS = ("alternating", "random")
+
+
+def _check_positive(value, name: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _autoregressive_steps(
+    family: str,
+    dim,
+    num_layers,
+    hidden,
+    *,
+    transformer,
+    order,
+    norm,
+    scale_bound,
+    num_bins,
+    spline_bound,
+) -> list[Flow]:
+    """The layers of a MAF, data to latent: ``num_layers`` x [``norm`` layer, autoregressive layer].
+
+    Checks every argument of :func:`maf` and :func:`iaf` (``family`` names the builder).
+    """
+    shape = data_shape(dim, "dim")
+    if len(shape) != 1:
+        raise ValueError(
+            f"{family} works on vectors: pass the dimension (an int) as dim; flatten images first "
+            f"(x.flatten(1), dimension {math.prod(shape)})"
+        )
+    dim = shape[0]
+    num_layers = _check_int(num_layers, "num_layers", 1)
+    _check_hidden(hidden)
+    _check_scale_bound(scale_bound)
+    num_bins = _check_int(num_bins, "num_bins", 1)
+    spline_bound = _check_positive(spline_bound, "spline_bound")
+    if transformer not in ("affine", "spline"):
+        raise ValueError(f"transformer must be 'affine' or 'spline', got {transformer!r}")
+    if order not in _AUTOREGRESSIVE_ORDERS:
+        raise ValueError(f"order must be 'alternating' or 'random', got {order!r}")
+    _norm_layer(norm, 1)  # checks the name before anything is built
+
+    def make_transformer():
+        if transformer == "spline":
+            return L.RationalQuadraticSpline(num_bins, spline_bound)
+        return L.AffineTransformer(scale_bound)
+
+    generator = torch.Generator().manual_seed(0)  # a "random" order is the same in every build
+    steps: list[Flow] = []
+    for i in range(num_layers):
+        steps += _norm_layer(norm, dim)
+        layer_order = ("natural", "reversed")[i % 2] if order == "alternating" else "random"
+        steps.append(
+            L.MaskedAutoregressive(dim, hidden, make_transformer(), layer_order, generator=generator)
+        )
+    return steps
+
+
+def maf(
+    dim: int,
+    num_layers: int = 5,
+    hidden: int | Sequence[int] = (64, 64),
+    *,
+    transformer: str = "affine",
+    order: str = "alternating",
+    norm: str | None = None,
+    scale_bound: float | None = 3.0,
+    num_bins: int = 8,
+    spline_bound: float = 5.0,
+) -> NormalizingFlow:
+    r"""MAF (Papamakarios et al., 2017): ``num_layers`` :class:`~coursepkg.layers.MaskedAutoregressive` layers.
+
+    Each layer transforms every dimension given the ones before it in its order, with parameters
+    from a MADE; the log-density is one network pass per layer (``log_prob``), sampling ``dim``
+    passes per layer. Use :func:`iaf` for the opposite trade.
+
+    Args:
+        dim: the data dimension (flatten images first).
+        num_layers: autoregressive layers.
+        hidden: hidden sizes of each MADE, an int (two layers) or a tuple; keep them at least
+            ``dim - 1`` wide.
+        transformer: ``"affine"`` (:class:`~coursepkg.layers.AffineTransformer`,
+            ``z = x e^{s} + t``, the paper's) or ``"spline"``
+            (:class:`~coursepkg.layers.RationalQuadraticSpline`: a neural spline flow).
+        order: ``"alternating"`` (natural order, then reversed, and so on: the paper's) or
+            ``"random"`` (a random order per layer, drawn from a fixed seed).
+        norm: ``None``, ``"batchnorm"`` (:class:`~coursepkg.layers.BatchNormFlow` before each
+            layer, as in the paper) or ``"actnorm"``. On the 2D toys both made the fit worse.
+        scale_bound: affine only: bound of the log-scales (:func:`~coursepkg.layers.soft_clamp`);
+            ``None`` for unbounded scales.
+        num_bins, spline_bound: spline only: bins per dimension and the interval
+            ``[-spline_bound, spline_bound]`` outside which each spline is the identity. It must
+            hold the data: with 3 instead of 5 a spline MAF fits the checkerboard on
+            ``[-4, 4]^2`` 30 times worse (KL 2.2 nats against 0.07).
+    """
+    steps = _autoregressive_steps(
+        "maf", dim, num_layers, hidden, transformer=transformer, order=order, norm=norm,
+        scale_bound=scale_bound, num_bins=num_bins, spline_bound=spline_bound,
+    )  # fmt: skip
+    return NormalizingFlow(Compose(*steps), standard_normal_base(steps[-1].features))
+
+
+def iaf(
+    dim: int,
+    num_layers: int = 5,
+    hidden: int | Sequence[int] = (64, 64),
+    *,
+    transformer: str = "affine",
+    order: str = "alternating",
+    norm: str | None = None,
+    scale_bound: float | None = 3.0,
+    num_bins: int = 8,
+    spline_bound: float = 5.0,
+) -> NormalizingFlow:
+    r"""IAF (Kingma et al., 2016): the layers of :func:`maf`, used in the sampling direction.
+
+    The transform is the inverse of a MAF's, ``Compose`` of :class:`~coursepkg.Inverse` of each
+    of its layers in reverse order: a sample (``sample``, ``rsample``, ``sample_with_log_prob``)
+    costs one MADE pass per layer, the density of a given point (``log_prob``) ``dim`` passes.
+    This is the model to fit by reverse KL (``coursepkg.training.ReverseKL``), which only samples.
+    The arguments are :func:`maf`'s.
+    """
+    steps = _autoregressive_steps(
+        "iaf", dim, num_layers, hidden, transformer=transformer, order=order, norm=norm,
+        scale_bound=scale_bound, num_bins=num_bins, spline_bound=spline_bound,
+    )  # fmt: skip
+    transform = Compose(*(Inverse(step) for step in reversed(steps)))
+    return NormalizingFlow(transform, standard_normal_base(steps[-1].features))
 
 
 def __getattr__(name: str):

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from coursepkg import models
-from coursepkg.nets import MLP, as_hidden
+from coursepkg import brute_force_jacobian, models, nets
+from coursepkg.nets import MADE, MLP, as_hidden, degree_mask
+from coursepkg.testing import check_autoregressive
 
 
 def test_data_shape_convention():
@@ -23,7 +24,7 @@ def test_families_not_written_yet_say_which_chapter_brings_them(name):
 
 
 def test_written_families_are_no_longer_planned():
-    assert {"nice", "realnvp"} <= set(models.__all__)
+    assert {"nice", "realnvp", "maf", "iaf"} <= set(models.__all__)
     assert not set(models.__all__) & set(models._PLANNED)
 
 
@@ -42,3 +43,81 @@ def test_mlp_shapes_hidden_and_zero_last_layer():
     assert [(m.in_features, m.out_features) for m in linears] == [(3, 7), (7, 11), (11, 5)]
     assert torch.count_nonzero(net(torch.randn(4, 3))) == 0
     assert torch.count_nonzero(MLP(3, 5, zero_last=False)(torch.randn(4, 3))) > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# MADE
+# ----------------------------------------------------------------------------------------------
+
+ORDERS = ["natural", "reversed", "random", [2, 0, 4, 1, 3]]
+
+
+def _made(order, num_params, **kwargs):
+    # zero_last=False: a zero last layer has a zero Jacobian, which any mask would pass.
+    return MADE(5, (12, 9), num_params, order=order, zero_last=False, **kwargs)
+
+
+@pytest.mark.parametrize("num_params", [1, 2, 3])
+@pytest.mark.parametrize("order", ORDERS, ids=str)
+def test_made_is_strictly_autoregressive_in_its_order(order, num_params):
+    made = _made(order, num_params, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(16, 5)
+    out = made(x)
+    assert out.shape == (16, num_params, 5) and out.is_contiguous()
+    if order == "random":
+        assert sorted(made.order.tolist()) == [0, 1, 2, 3, 4]
+    else:
+        expected = {"natural": [0, 1, 2, 3, 4], "reversed": [4, 3, 2, 1, 0]}.get(str(order), order)
+        assert made.order.tolist() == expected
+    check_autoregressive(made, x, order=made.order, strict=True)
+
+
+def test_made_random_order_follows_the_generator_and_survives_state_dict():
+    orders = {
+        tuple(MADE(6, 8, order="random", generator=torch.Generator().manual_seed(s)).order.tolist())
+        for s in range(5)
+    }
+    assert len(orders) > 1 and all(sorted(o) == list(range(6)) for o in orders)
+    made = MADE(6, 8, order="random", generator=torch.Generator().manual_seed(1))
+    restored = MADE(6, 8, order="random", generator=torch.Generator().manual_seed(2))
+    restored.load_state_dict(made.state_dict())
+    assert torch.equal(restored.order, made.order) and torch.equal(restored.degrees, made.degrees)
+
+
+@pytest.mark.parametrize("order", ORDERS[1:], ids=str)
+def test_made_uses_every_allowed_dependency(order):
+    # tanh instead of ReLU: no unit is dead at every point, so an allowed connection shows up in
+    # the Jacobian; with hidden layers of at least D - 1 units every earlier dimension is seen.
+    made = _made(order, 2, activation=torch.nn.Tanh).double()
+    x = torch.randn(8, 5, dtype=torch.float64)
+    seen = brute_force_jacobian(made, x).abs().amax(0) > 0  # (K D, D)
+    degrees = made.degrees
+    before = degrees.unsqueeze(0) < degrees.unsqueeze(1)  # (D, D): input j before output i
+    assert torch.equal(seen, before.repeat(2, 1))
+
+
+def test_a_made_with_a_non_strict_output_mask_is_caught(monkeypatch):
+    x = torch.randn(16, 5)
+    made = _made("random", 2, generator=torch.Generator().manual_seed(0))
+    check_autoregressive(made, x, order=made.order, strict=True)
+    # The deliberate mistake: `<=` instead of `<` in the degree rule of the output layer.
+    monkeypatch.setattr(
+        nets, "degree_mask", lambda inputs, outputs, strict: degree_mask(inputs, outputs, False)
+    )
+    wrong = _made("random", 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(wrong.order, made.order)
+    with pytest.raises(AssertionError, match="not strictly autoregressive.*depends on its own input"):
+        check_autoregressive(wrong, x, order=wrong.order, strict=True)
+
+
+def test_made_starts_at_zero_and_rejects_bad_arguments():
+    made = MADE(4, 8, 3)
+    assert torch.count_nonzero(made(torch.randn(2, 4))) == 0
+    with pytest.raises(ValueError, match="permutation"):
+        MADE(4, 8, order=[0, 1, 1, 2])
+    with pytest.raises(ValueError, match="order must be"):
+        MADE(4, 8, order="sideways")
+    with pytest.raises(ValueError, match="num_params"):
+        MADE(4, 8, num_params=0)
+    with pytest.raises(ValueError, match=r"expects \(B, 4\)"):
+        made(torch.randn(2, 3))

@@ -1,6 +1,7 @@
 """Flow layers. Each maps data to latent in ``forward`` and back in ``inverse``, returning ``(output, log_det)``."""
 
 from .actnorm import ActNorm
+from .autoregressive import AffineTransformer, MaskedAutoregressive
 from .batchnorm import BatchNormFlow
 from .coupling import (
     AdditiveCoupling,
@@ -20,11 +21,13 @@ from .linear import Linear, LULinear, Permutation, Reverse
 from .multiscale import MultiScale
 from .planar import Planar
 from .reshape import Squeeze, Unsqueeze, squeeze, unsqueeze
+from .transformers import RationalQuadraticSpline, Transformer
 
 __all__ = [
     "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
+    "AffineTransformer",
     "BatchNormFlow",
     "ConvAdditiveCoupling",
     "ConvAffineCoupling",
@@ -32,14 +35,17 @@ __all__ = [
     "Linear",
     "Logit",
     "LULinear",
+    "MaskedAutoregressive",
     "MultiScale",
     "Permutation",
     "PiecewiseLinear",
     "Planar",
+    "RationalQuadraticSpline",
     "Reverse",
     "Scaling",
     "Sigmoid",
     "Squeeze",
+    "Transformer",
     "Unsqueeze",
     "alternating_mask",
     "channel_mask",

@@ -46,6 +46,16 @@ VECTOR_LAYERS = {
     ),
     "Scaling": lambda: L.Scaling(4),
     "BatchNormFlow": lambda: _with_running_stats(L.BatchNormFlow(4)),
+    "MaskedAutoregressive": lambda: L.MaskedAutoregressive(4, hidden=8),
+    "MaskedAutoregressive-random-order": lambda: L.MaskedAutoregressive(4, hidden=(8, 6), order="random"),
+    "MaskedAutoregressive-unbounded": lambda: L.MaskedAutoregressive(
+        4, hidden=8, order="reversed", scale_bound=None
+    ),
+    # bound 2: some of the inputs fall in the identity tails, the others inside the spline.
+    "MaskedAutoregressive-spline": lambda: L.MaskedAutoregressive(
+        4, hidden=8, transformer=L.RationalQuadraticSpline(num_bins=4, bound=2.0), order="reversed"
+    ),
+    "Inverse-MaskedAutoregressive": lambda: Inverse(L.MaskedAutoregressive(4, hidden=8, order=[2, 0, 3, 1])),
 }
 
 
