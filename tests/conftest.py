@@ -31,8 +31,7 @@ def notebook_option(request) -> list[str]:
 def _seeded_torch():
     """Every test starts from the same random state, whatever ran before it: a result cannot
     depend on the order of the tests (the random state outside the test is left as it was)."""
-    import torch
+    from coursepkg.runtime import fork_rng
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with fork_rng(seed=0):
         yield

@@ -14,13 +14,12 @@ are compared only when the whole notebook is graded.
 
 from __future__ import annotations
 
-import random
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..runtime import fork_rng
 from .judge import Outcome, internal_error, stub_exercise, verdict
 
 __all__ = ["check", "CheckSummary"]
@@ -64,32 +63,13 @@ def _is_student_frame(filename: str) -> bool:
     )
 
 
-@contextmanager
-def _preserve_rng():
-    import torch
-
-    python_state = random.getstate()
-    numpy = sys.modules.get("numpy")
-    numpy_state = numpy.random.get_state() if numpy is not None else None
-    devices = []
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        devices = list(range(torch.cuda.device_count()))
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        random.setstate(python_state)
-        if numpy is not None and numpy_state is not None:
-            numpy.random.set_state(numpy_state)
-
-
 def _reference(exercise_set) -> tuple[dict, dict[str, Outcome]]:
     """The reference namespace of a set and a cache of its probe values."""
     key = (exercise_set.name, str(exercise_set.reference_path))
     if key not in _REFERENCE:
         source = exercise_set.reference_source()
         namespace: dict[str, Any] = {"__name__": f"coursepkg_reference_{exercise_set.name}"}
-        with _preserve_rng():
+        with fork_rng():
             exec(compile(source, f"<reference {exercise_set.name}>", "exec"), namespace)
         _REFERENCE[key] = (namespace, {})
     return _REFERENCE[key]
@@ -105,7 +85,7 @@ def _run(test, namespace: dict) -> Outcome:
     if missing:
         return Outcome("missing", names=missing, available=available)
     try:
-        with _preserve_rng():
+        with fork_rng():
             return Outcome("ok", value=plain(test(Namespace(namespace))))
     except KeyboardInterrupt:
         raise
