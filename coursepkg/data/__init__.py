@@ -2,7 +2,9 @@
 
 :mod:`coursepkg.data.toys` holds the 1D and 2D targets (``toy("checkerboard")``) and
 :func:`kl_divergence` to score a model against them; :mod:`coursepkg.data.images` loads the
-sklearn digits, MNIST and CIFAR-10 as ``uint8`` tensors ``(N, C, H, W)`` and dequantizes them.
+sklearn digits, MNIST and CIFAR-10 as ``uint8`` tensors ``(N, C, H, W)`` and dequantizes them;
+:mod:`coursepkg.data.tabular` loads scikit-learn's tables (:func:`load_tabular`) as standardised
+float tensors ``(N, D)`` with a seeded train/validation/test split.
 """
 
 from .images import (
@@ -17,6 +19,7 @@ from .images import (
     load_mnist,
     quantize,
 )
+from .tabular import TABULAR_NAMES, TabularData, load_tabular
 from .toys import (
     TOY_NAMES,
     Banana,
@@ -42,7 +45,9 @@ __all__ = [
     "MNIST_LEVELS",
     "Rings",
     "Spirals",
+    "TABULAR_NAMES",
     "TOY_NAMES",
+    "TabularData",
     "ToyDistribution",
     "TwoMoons",
     "dequantize",
@@ -51,6 +56,7 @@ __all__ = [
     "load_cifar10",
     "load_digits",
     "load_mnist",
+    "load_tabular",
     "quantize",
     "toy",
 ]
