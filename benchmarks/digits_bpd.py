@@ -1,6 +1,6 @@
-"""Test bits/dim on the 8x8 digits after a fixed wall-clock budget: image RealNVP against a vector flow.
+"""Test bits/dim on the 8x8 digits after a fixed wall-clock budget: image RealNVP, a vector flow, Glow.
 
-Both models train on the digits' train split (1,258 images) with fresh uniform dequantization
+The models train on the digits' train split (1,258 images) with fresh uniform dequantization
 noise in every batch, are validated every ``--eval-every`` steps on the validation split (one
 fixed draw of the noise, as ``coursepkg.training`` does) and keep the parameters of their best
 validation score. Training stops when ``--seconds`` of wall clock are spent (validations
@@ -14,12 +14,16 @@ Models (same optimiser, batch size, schedule and budget):
   with checkerboard and channel masks, squeeze, two scales with factor-out, batch norm;
 - ``vector``: ``models.realnvp(64, logit=True)`` on the flattened images (MLP couplings with
   alternating masks; the same Logit and norm layer as the image model), its MLP width chosen so
-  that it has about as many parameters as the image model.
+  that it has about as many parameters as the image model;
+- ``glow``: ``models.glow((1, 8, 8))`` with its defaults (``--glow-*`` options change them):
+  Logit, two levels of squeeze and 4 steps of ActNorm, LU 1x1 convolution and channel
+  coupling, with the learned prior of the factored-out half.
 
 Usage::
 
     .venv/bin/python benchmarks/digits_bpd.py                  # 60 s per model, 2 threads
     .venv/bin/python benchmarks/digits_bpd.py --threads 1      # on a busy machine
+    .venv/bin/python benchmarks/digits_bpd.py --models image,glow
 
 A table is printed and the results, with the validation curves, go to
 ``benchmarks/results/digits_bpd.json``.
@@ -64,6 +68,19 @@ def _options(args) -> dict:
 
 def image_model(args) -> torch.nn.Module:
     return models.realnvp(SHAPE, **_options(args))
+
+
+def glow_model(args) -> torch.nn.Module:
+    """``models.glow((1, 8, 8))``: its defaults, or the ``--glow-*`` options given."""
+    names = {"glow_layers": "num_layers", "glow_hidden": "hidden", "glow_levels": "num_levels"}
+    options = {
+        option: getattr(args, name) for name, option in names.items() if getattr(args, name) is not None
+    }
+    if args.logit_alpha is not None:
+        options["logit_alpha"] = args.logit_alpha
+    if args.scale_bound is not None:
+        options["scale_bound"] = args.scale_bound
+    return models.glow(SHAPE, **options)
 
 
 def vector_model(args, target_params: int) -> torch.nn.Module:
@@ -136,7 +153,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seconds", type=float, default=60.0, help="wall-clock budget per model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 = the course's machine)")
-    parser.add_argument("--models", default="image,vector", help="comma-separated: image, vector")
+    parser.add_argument("--models", default="image,vector,glow", help="comma-separated: image, vector, glow")
     parser.add_argument("--max-steps", type=int, default=None, help="also stop after this many steps")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=4e-3, help="peak of the cosine schedule")
@@ -151,6 +168,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--norm", default=None, help="actnorm, batchnorm or none (both models)")
     parser.add_argument("--scale-bound", type=float, default=None, help="both models")
     parser.add_argument("--logit-alpha", type=float, default=None, help="both models")
+    parser.add_argument("--glow-layers", type=int, default=None, help="glow: steps per level")
+    parser.add_argument("--glow-hidden", type=int, default=None, help="glow: conditioner channels")
+    parser.add_argument("--glow-levels", type=int, default=None, help="glow: levels")
     parser.add_argument("--vector-layers", type=int, default=8, help="vector model: couplings")
     parser.add_argument("--vector-hidden", type=int, default=None, help="default: match the parameters")
     parser.add_argument("--out", type=Path, default=RESULTS / "digits_bpd.json")
@@ -162,10 +182,15 @@ def main(argv=None) -> dict:
     target = num_params(image_model(args))
     results = []
     for name in args.models.split(","):
-        if name not in ("image", "vector"):
-            parser.error(f"unknown model {name!r}; choose among image, vector")
+        if name not in ("image", "vector", "glow"):
+            parser.error(f"unknown model {name!r}; choose among image, vector, glow")
         torch.manual_seed(args.seed)
-        model = image_model(args) if name == "image" else vector_model(args, target)
+        if name == "image":
+            model = image_model(args)
+        elif name == "glow":
+            model = glow_model(args)
+        else:
+            model = vector_model(args, target)
         results.append(train(model, name, data, args))
 
     print(

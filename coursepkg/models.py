@@ -30,10 +30,9 @@ from . import layers as L
 from .core import Compose, Flow, Inverse, NormalizingFlow
 from .distributions import StandardLogistic, StandardNormal
 
-__all__ = ["data_shape", "iaf", "maf", "nice", "realnvp", "standard_normal_base"]
+__all__ = ["data_shape", "glow", "iaf", "maf", "nice", "realnvp", "standard_normal_base"]
 
 _PLANNED = {
-    "glow": "chapter 6 (Glow)",
     "iresnet": "chapter 7 (i-ResNet)",
 }
 
@@ -449,6 +448,114 @@ def iaf(
     )  # fmt: skip
     transform = Compose(*(Inverse(step) for step in reversed(steps)))
     return NormalizingFlow(transform, standard_normal_base(steps[-1].features))
+
+
+_CONV1X1 = {"lu": L.LUConv1x1, "plain": L.Conv1x1}
+
+
+def glow(
+    shape: Sequence[int],
+    num_layers: int = 4,
+    hidden: int = 64,
+    num_levels: int = 2,
+    *,
+    conv1x1: str = "lu",
+    split_prior: bool = True,
+    scale_bound: float | None = 3.0,
+    logit: bool = True,
+    logit_alpha: float = 1e-3,
+) -> NormalizingFlow:
+    r"""Glow (Kingma and Dhariwal, 2018): ActNorm, invertible 1x1 convolution and affine coupling, multi-scale.
+
+    A :class:`~coursepkg.layers.Logit` layer first (the model expects dequantized pixels in
+    ``[0, 1]``), then ``num_levels`` nested :class:`~coursepkg.layers.MultiScale` levels, each
+
+    - a :class:`~coursepkg.layers.Squeeze` to ``(4C, H/2, W/2)``,
+    - ``num_layers`` steps of flow: :class:`~coursepkg.layers.ActNorm` (data-dependent
+      initialisation), an invertible 1x1 convolution (:class:`~coursepkg.layers.LUConv1x1`, or
+      :class:`~coursepkg.layers.Conv1x1` for ``conv1x1="plain"``) and a
+      :class:`~coursepkg.layers.ChannelAffineCoupling` whose conditioner
+      (:class:`~coursepkg.nets.GlowNet`, ``hidden`` channels, last layer zero) reads only the
+      kept half of the channels,
+    - except at the last level, a :class:`~coursepkg.layers.SplitPrior` and the factor-out of
+      half of the channels; the other half goes on to the next level.
+
+    **The learned prior and the base.** Glow gives each factored-out half a Gaussian prior whose
+    mean and log-standard deviation a zero-initialised convolution predicts from the kept half.
+    Here that prior is the :class:`~coursepkg.layers.SplitPrior` layer, the change of variables
+    :math:`\varepsilon = (y_{out} - \mu(y_{keep})) e^{-\log\sigma(y_{keep})}` with
+    ``log_det`` :math:`-\sum \log\sigma`, so the base stays ``StandardNormal((C, H, W))`` and
+    ``log_prob`` equals Glow's (the Gaussian log-density of the standardised latent plus that
+    ``log_det`` is the learned prior's log-density, exactly). Like :func:`realnvp`'s, the latent
+    has the data's shape, the factored-out values sitting where :class:`~coursepkg.layers.MultiScale`
+    puts them, and ``sample(n, temperature=T)`` draws every latent from
+    :math:`\mathcal N(0, T^2)`, i.e. each factored-out half from :math:`\mathcal N(\mu,
+    T^2\sigma^2)`: Glow's reduced-temperature sampling. ``split_prior=False`` uses RealNVP's
+    standard-normal prior instead. (Glow's learned prior of the last level's latent,
+    unconditional, is left out: it would be one more per-channel affine layer, and every step
+    already starts with one, its ActNorm.)
+
+    The defaults (2 levels of 4 steps, 64 hidden channels, 76k parameters for the 8 x 8 digits)
+    were the best of about twenty variants tried on the digits, where they reach about 2.02 test
+    bits per dimension after 400-800 steps of ``coursepkg.training.train`` and then overfit.
+    The image :func:`realnvp` does better there (1.95): Glow squeezes before its first coupling,
+    so on 8 x 8 images its convolutions work at 4 x 4 and 2 x 2 and share their weights over few
+    positions. A Glow step is about four times cheaper than an image RealNVP step, though.
+    ``H`` and ``W`` must be divisible by ``2 ** num_levels``.
+
+    Args:
+        shape: the image shape ``(C, H, W)``.
+        num_layers: steps of flow per level (Glow's ``K``).
+        hidden: channels of each coupling's conditioner.
+        num_levels: levels (Glow's ``L``); every level but the last factors out half.
+        conv1x1: ``"lu"`` (:math:`O(C)` log-determinant) or ``"plain"`` (``slogdet``).
+        split_prior: learn the conditional prior of the factored-out halves.
+        scale_bound: bound of each coupling's (and prior's) log-scale
+            (:func:`~coursepkg.layers.soft_clamp`); ``None`` for unbounded scales.
+        logit: put the :class:`~coursepkg.layers.Logit` layer first.
+        logit_alpha: its ``alpha`` (see :func:`realnvp`).
+    """
+    shape = data_shape(shape, "shape")
+    if len(shape) != 3:
+        raise ValueError(
+            f"glow works on images: pass their shape (C, H, W) as shape, got {shape}; "
+            "for vectors use realnvp, maf or nice"
+        )
+    c, h, w = shape
+    num_layers = _check_int(num_layers, "num_layers", 1)
+    hidden = _check_int(hidden, "hidden", 1)
+    num_levels = _check_int(num_levels, "num_levels", 1)
+    if not isinstance(logit, bool):
+        raise TypeError(f"logit must be True or False, got {logit!r}")
+    _check_logit(logit, logit_alpha)
+    _check_scale_bound(scale_bound)
+    if conv1x1 not in _CONV1X1:
+        raise ValueError(f"conv1x1 must be 'lu' or 'plain', got {conv1x1!r}")
+    if not isinstance(split_prior, bool):
+        raise TypeError(f"split_prior must be True or False, got {split_prior!r}")
+    if h % 2**num_levels or w % 2**num_levels:
+        raise ValueError(
+            f"num_levels={num_levels} squeezes the image {num_levels} times: H and W of shape must be "
+            f"divisible by {2**num_levels}, got {h} x {w}; lower num_levels or crop/pad the images"
+        )
+
+    def level(channels: int, index: int) -> L.MultiScale:
+        squeezed = 4 * channels
+        steps: list[Flow] = [L.Squeeze(2)]
+        for _ in range(num_layers):
+            steps += [
+                L.ActNorm(squeezed),
+                _CONV1X1[conv1x1](squeezed),
+                L.ChannelAffineCoupling(squeezed, hidden, scale_bound=scale_bound),
+            ]
+        if index == num_levels - 1:
+            return L.MultiScale(Compose(*steps), None)
+        if split_prior:
+            steps.append(L.SplitPrior(squeezed, squeezed // 2, scale_bound))
+        return L.MultiScale(Compose(*steps), level(squeezed // 2, index + 1), keep=squeezed // 2)
+
+    transform = Compose(*_logit(logit, logit_alpha), level(c, 0))
+    return NormalizingFlow(transform, StandardNormal(shape))
 
 
 def __getattr__(name: str):

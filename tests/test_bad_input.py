@@ -237,8 +237,9 @@ def test_an_empty_batch_gives_an_empty_result():
         lambda: models.nice(4, num_layers=2, hidden=8),
         lambda: models.realnvp(4, num_layers=2, hidden=8),
         lambda: models.realnvp(IMAGE, num_layers=1, hidden=4, num_blocks=0),
+        lambda: models.glow(IMAGE, num_layers=1, hidden=4),
     ],
-    ids=["nice", "realnvp-vector", "realnvp-image"],
+    ids=["nice", "realnvp-vector", "realnvp-image", "glow"],
 )
 def test_the_bare_transform_maps_an_empty_batch_in_train_mode(build):
     # Train mode: ActNorm's initialisation and batch norm's statistics must not see the empty batch.
@@ -379,6 +380,29 @@ BAD_BUILDS = {
     ),
     "nice-logit-not-bool": (lambda: models.nice(4, logit="yes"), TypeError, "logit must be True or False"),
     "data-shape-empty": (lambda: models.data_shape(()), ValueError, r"\(C, H, W\)"),
+    "glow-vector": (
+        lambda: models.glow(64),
+        ValueError,
+        r"glow works on images: pass their shape \(C, H, W\)",
+    ),
+    "glow-not-divisible": (lambda: models.glow((1, 8, 8), num_levels=4), ValueError, "divisible by 16"),
+    "glow-num-levels-0": (
+        lambda: models.glow(IMAGE, num_levels=0),
+        ValueError,
+        "num_levels must be at least 1",
+    ),
+    "glow-hidden-tuple": (lambda: models.glow(IMAGE, hidden=(8, 8)), TypeError, "hidden must be an int"),
+    "glow-conv1x1": (
+        lambda: models.glow(IMAGE, conv1x1="dense"),
+        ValueError,
+        "conv1x1 must be 'lu' or 'plain'",
+    ),
+    "glow-split-prior": (
+        lambda: models.glow(IMAGE, split_prior=1),
+        TypeError,
+        "split_prior must be True or False",
+    ),
+    "glow-logit-none": (lambda: models.glow(IMAGE, logit=None), TypeError, "logit must be True or False"),
 }
 
 

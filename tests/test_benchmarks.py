@@ -31,8 +31,8 @@ def test_digits_bpd_runs_and_reports(tmp_path, keep_threads, capsys):
         ["--seconds", "60", "--max-steps", "3", "--eval-every", "2", "--threads", "1", "--out", str(out)]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    image, vector = report["results"]
-    assert (image["model"], vector["model"]) == ("image", "vector")
+    image, vector, glow = report["results"]
+    assert (image["model"], vector["model"], glow["model"]) == ("image", "vector", "glow")
     # The vector model is sized to the image model's parameter count.
     assert abs(vector["params"] - image["params"]) / image["params"] < 0.02
     for result in report["results"]:
@@ -41,10 +41,42 @@ def test_digits_bpd_runs_and_reports(tmp_path, keep_threads, capsys):
     assert "test bpd" in capsys.readouterr().out
 
 
+def test_glow_throughput_runs_and_reports(tmp_path, keep_threads, capsys):
+    bench = _load("glow_throughput")
+    out = tmp_path / "glow.json"
+    # The peers are optional: time only the ones installed (coursepkg alone when none is).
+    libraries = ["coursepkg"] + [name for name in ("normflows", "nflows") if bench.available(name)]
+    args = ["--threads", "1", "--rounds", "1", "--budget", "0", "--batch", "4", "--hidden", "8"]
+    args += ["--steps", "1", "--libraries", ",".join(libraries), "--out", str(out)]
+    report = bench.main(args)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    rates = report["images_per_second"]["wall"]
+    assert set(rates) == set(libraries)
+    assert all(rate > 0 for per_library in rates.values() for rate in per_library.values())
+    params = report["params"]
+    # The same architecture in every library; only the priors of the factored-out halves differ
+    # (coursepkg's is predicted by a convolution: 76 of these 1,740 parameters).
+    assert all(abs(n - params["coursepkg"]) / params["coursepkg"] < 0.1 for n in params.values())
+    assert bool(report["ratios"]) == (len(libraries) > 1)
+    assert "load average" in capsys.readouterr().out
+
+
+def test_glow_throughput_skips_missing_peers(tmp_path, keep_threads, monkeypatch, capsys):
+    bench = _load("glow_throughput")
+    monkeypatch.setattr(bench, "available", lambda name: name == "coursepkg")
+    report = bench.main(
+        ["--threads", "1", "--rounds", "1", "--budget", "0", "--batch", "2", "--hidden", "4", "--steps", "1"]
+        + ["--out", str(tmp_path / "glow.json")]
+    )
+    assert set(report["params"]) == {"coursepkg"} and report["ratios"] == {}
+    assert "normflows is not installed: skipped" in capsys.readouterr().out
+
+
 def test_maf_iaf_runs_and_reports(tmp_path, keep_threads, capsys):
     bench = _load("maf_iaf")
     out = tmp_path / "timings.json"
-    common = ["--threads", "1", "--no-zuko"]  # zuko is optional: the test must not depend on it
+    # zuko and nflows are optional: the test must not depend on them
+    common = ["--threads", "1", "--no-zuko", "--no-nflows"]
     report = bench.main(
         [
             "--dims",
@@ -83,3 +115,61 @@ def test_maf_iaf_runs_and_reports(tmp_path, keep_threads, capsys):
     assert runs == [(m, t) for m in ("maf-affine", "maf-spline") for t in ("eight_gaussians", "checkerboard")]
     assert all(0 < r["median_kl"] < 10 for r in report["kl"])  # two steps from the identity: far, finite
     assert "median" in capsys.readouterr().out
+
+
+def test_maf_iaf_kl_picks_models_and_toys(tmp_path, keep_threads):
+    bench = _load("maf_iaf")
+    report = bench.main(
+        ["--kl", "--models", "maf-spline", "--toys", "ffjord_eight_gaussians", "--steps", "1", "--seeds", "1"]
+        + ["--kl-samples", "200", "--threads", "1", "--out", str(tmp_path / "kl.json")]
+    )
+    assert [(r["model"], r["toy"]) for r in report["kl"]] == [("maf-spline", "ffjord_eight_gaussians")]
+    ffjord = bench.make_toy("ffjord_eight_gaussians")
+    assert (ffjord.radius, ffjord.std) == pytest.approx((2 * 2**0.5, 0.5 / 2**0.5))
+    with pytest.raises(SystemExit):
+        bench.main(["--kl", "--models", "maf-splines", "--out", str(tmp_path / "never.json")])
+
+
+@pytest.mark.parametrize("library", ["zuko", "nflows"])
+def test_maf_iaf_compares_with_an_installed_library(library, tmp_path, keep_threads, capsys):
+    pytest.importorskip(library)
+    bench = _load("maf_iaf")
+    from coursepkg import models
+
+    # The same architecture: equal parameter counts, and a density for every point.
+    build = {"zuko": bench.zuko_maf, "nflows": bench.nflows_maf}[library]
+    model = build(3, 5, (16, 16))
+    assert bench.num_params(model) == bench.num_params(models.maf(3, 5, (16, 16)))
+    assert model.log_prob(torch.randn(4, 3)).shape == (4,)
+    assert model.sample(5).shape == (5, 3)
+    # Its IAF is the same transform inverted: a density for every point too.
+    inverted = {"zuko": bench.zuko_iaf, "nflows": bench.nflows_iaf}[library](3, 5, (16, 16))
+    assert bench.num_params(inverted) == bench.num_params(model)
+    assert torch.isfinite(inverted.log_prob(torch.randn(4, 3))).all()
+    if library == "zuko":
+        spline = bench.zuko_nsf(2, 5, (64, 64))
+        assert bench.num_params(spline) == bench.num_params(models.maf(2, transformer="spline"))
+
+    other = {"zuko": "--no-nflows", "nflows": "--no-zuko"}[library]
+    report = bench.main(
+        [
+            "--dims",
+            "3",
+            "--batch",
+            "8",
+            "--rounds",
+            "1",
+            "--budget",
+            "0",
+            "--ratio-dim",
+            "3",
+            "--threads",
+            "1",
+        ]
+        + [other, "--out", str(tmp_path / "timings.json")]
+    )
+    row = report["rows"][0]
+    assert {f"{library} {what}" for what in ("density", "train", "sample", "iaf density")} <= set(row["ms"])
+    assert row[f"{library}_params"] == row["params"]
+    assert {f"{library}_over_maf_density", f"{library}_over_iaf_density"} <= set(report["ratios"])
+    assert f"{library} time / coursepkg time" in capsys.readouterr().out

@@ -121,3 +121,43 @@ def test_made_starts_at_zero_and_rejects_bad_arguments():
         MADE(4, 8, num_params=0)
     with pytest.raises(ValueError, match=r"expects \(B, 4\)"):
         made(torch.randn(2, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# Glow's conditioner
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "height", "width"),
+    [(2, 16, 4, 4), (16, 4, 4, 4), (3, 3, 2, 5), (5, 2, 1, 3), (4, 8, 1, 1)],
+)
+def test_conv3x3_pixels_is_conv2d_in_a_pixel_major_layout(c_in, c_out, height, width):
+    # Both ways of computing it (gather the inputs, or the outputs) against F.conv2d, with gradients.
+    torch.manual_seed(0)
+    x = torch.randn(3, c_in, height, width, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(c_out, c_in, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
+    expected = torch.nn.functional.conv2d(x, weight, bias, padding=1)
+    pixels = x.permute(0, 2, 3, 1).reshape(3, height * width, c_in)
+    out = nets.conv3x3_pixels(pixels, weight, bias, height, width)
+    got = out.transpose(1, 2).reshape(3, c_out, height, width)
+    torch.testing.assert_close(got, expected)
+    upstream = torch.randn_like(expected)
+    grads = torch.autograd.grad(expected, (x, weight, bias), upstream)
+    grads_got = torch.autograd.grad(got, (x, weight, bias), upstream)
+    for g, e in zip(grads_got, grads, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_glow_net_computes_its_convolutions_and_starts_at_zero():
+    torch.manual_seed(0)
+    net = nets.GlowNet(2, 6, hidden=8)
+    x = torch.randn(4, 2, 4, 3)
+    assert torch.equal(net(x), torch.zeros(4, 6, 4, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    torch.testing.assert_close(net(x), net.conv_forward(x), atol=1e-5, rtol=1e-5)
+    assert [type(m) for m in net.children()] == [torch.nn.Conv2d] * 3
+    assert net.middle.kernel_size == (1, 1)

@@ -1,4 +1,4 @@
-"""The model builders (models.nice, realnvp, maf, iaf), checked as whole density models."""
+"""The model builders (models.nice, realnvp, maf, iaf, glow), checked as whole density models."""
 
 import copy
 import io
@@ -42,6 +42,16 @@ BUILDERS = {
     "iaf-spline-actnorm": (
         lambda: models.iaf(3, num_layers=2, hidden=8, transformer="spline", norm="actnorm"),
         (3,),
+    ),
+    "glow": (lambda: models.glow((1, 4, 4), num_layers=2, hidden=4), (1, 4, 4)),
+    "glow-plain-no-prior": (
+        lambda: models.glow((2, 4, 4), num_layers=1, hidden=4, conv1x1="plain", split_prior=False),
+        (2, 4, 4),
+    ),
+    "glow-3-levels": (lambda: models.glow((1, 8, 8), num_layers=1, hidden=4, num_levels=3), (1, 8, 8)),
+    "glow-1-level-no-logit": (
+        lambda: models.glow((3, 2, 2), num_layers=2, hidden=4, num_levels=1, logit=False),
+        (3, 2, 2),
     ),
 }
 

@@ -6,6 +6,7 @@ from .batchnorm import BatchNormFlow
 from .coupling import (
     AdditiveCoupling,
     AffineCoupling,
+    ChannelAffineCoupling,
     ConvAdditiveCoupling,
     ConvAffineCoupling,
     Scaling,
@@ -17,8 +18,8 @@ from .coupling import (
     soft_clamp,
 )
 from .elementwise import ElementwiseAffine, Logit, PiecewiseLinear, Sigmoid
-from .linear import Linear, LULinear, Permutation, Reverse
-from .multiscale import MultiScale
+from .linear import Conv1x1, Linear, LUConv1x1, LULinear, Permutation, Reverse
+from .multiscale import MultiScale, SplitPrior
 from .planar import Planar
 from .reshape import Squeeze, Unsqueeze, squeeze, unsqueeze
 from .transformers import RationalQuadraticSpline, Transformer
@@ -29,11 +30,14 @@ __all__ = [
     "AffineCoupling",
     "AffineTransformer",
     "BatchNormFlow",
+    "ChannelAffineCoupling",
+    "Conv1x1",
     "ConvAdditiveCoupling",
     "ConvAffineCoupling",
     "ElementwiseAffine",
     "Linear",
     "Logit",
+    "LUConv1x1",
     "LULinear",
     "MaskedAutoregressive",
     "MultiScale",
@@ -44,6 +48,7 @@ __all__ = [
     "Reverse",
     "Scaling",
     "Sigmoid",
+    "SplitPrior",
     "Squeeze",
     "Transformer",
     "Unsqueeze",

@@ -15,12 +15,29 @@ __all__ = ["ActNorm"]
 class ActNorm(Flow):
     r"""``z = (x - loc) * exp(log_scale)`` per channel, on ``(B, C)`` or ``(B, C, H, W)`` inputs.
 
-    On the first ``forward`` in training mode, ``loc`` and ``log_scale`` are set so that the
-    batch has zero mean and unit variance per channel (data-dependent initialisation). Whether
-    that happened is kept in the ``initialized`` buffer, so a model restored with
-    ``load_state_dict`` is not initialised a second time.
+    ``log_det = (H W) * sum(log_scale)`` (``H W = 1`` for vectors): the same scale applies at
+    every pixel.
 
-    ``log_det = (H W) * sum(log_scale)`` (``H W = 1`` for vectors).
+    **Data-dependent initialisation.** The first ``forward`` in training mode sets ``loc`` and
+    ``log_scale`` from its batch so that the batch comes out with zero mean and unit variance per
+    channel (statistics over the batch and the pixels), and then sets the ``initialized`` buffer.
+    Being a buffer, the flag travels with ``state_dict``: a model restored from a checkpoint is not
+    initialised a second time. The rules:
+
+    - only ``forward`` in training mode initialises, and only once, on a non-empty batch (an empty
+      one has no statistics);
+    - in eval mode, and in ``inverse`` (sampling), the layer never initialises: an uninitialised
+      layer applies its current parameters (the identity for a new layer) and stays
+      uninitialised. So evaluating or sampling from a fresh model changes nothing, gives the same
+      result whichever batch comes first, and the first training batch still initialises it;
+    - :meth:`initialize` does it by hand, from any batch, in any mode.
+
+    The flag is read from the buffer once and then remembered in Python (``load_state_dict``
+    makes the layer read it again), so a training step costs no device synchronisation.
+
+    Args:
+        num_channels: ``C``.
+        eps: added to the standard deviation, so a constant channel gets a large finite scale.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
@@ -29,6 +46,11 @@ class ActNorm(Flow):
         self.loc = nn.Parameter(torch.zeros(num_channels))
         self.log_scale = nn.Parameter(torch.zeros(num_channels))
         self.register_buffer("initialized", torch.tensor(False))
+        self._known_initialized = False  # a Python copy of a True flag: no sync per step
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # the loaded flag may say either: read it again
 
     def _shape(self, t):
         if t.dim() not in (2, 4) or t.shape[1] != self.loc.numel():
@@ -47,12 +69,15 @@ class ActNorm(Flow):
         self.loc.copy_(mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
+        self._known_initialized = True
 
     def forward(self, x):
         shape = self._shape(x)
-        # An empty batch has no statistics to initialise from (they would be NaN).
-        if self.training and not self.initialized and len(x) > 0:
-            self.initialize(x)
+        if self.training and not self._known_initialized:
+            if bool(self.initialized):
+                self._known_initialized = True
+            elif len(x) > 0:  # an empty batch has no statistics (they would be NaN)
+                self.initialize(x)
         z = (x - self.loc.view(shape)) * self.log_scale.view(shape).exp()
         pixels = math.prod(x.shape[2:])
         return z, (pixels * self.log_scale.sum()).expand(x.shape[0])

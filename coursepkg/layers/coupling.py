@@ -20,8 +20,12 @@ Masks are ``bool`` tensors, ``True`` where a coordinate passes unchanged: :func:
 and :func:`channel_mask` for images. Alternate a mask with its complement (``~mask``, or the
 other ``parity``) from one layer to the next so that every coordinate gets transformed.
 
-Every layer multiplies by the mask rather than gathering coordinates: one code path serves every
-mask, and the masked-out outputs of the conditioner are simply ignored.
+The mask layers multiply by the mask rather than gathering coordinates: one code path serves
+every mask, and the masked-out outputs of the conditioner are simply ignored. That costs speed:
+the conditioner reads the whole (masked) input and computes outputs that are thrown away.
+:class:`ChannelAffineCoupling` (Glow's coupling) splits the channels into two contiguous halves
+instead, so its conditioner reads only the kept half and writes only the parameters of the
+other.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 from torch import nn
 
 from ..core import Flow
-from ..nets import MLP, ConvNet
+from ..nets import MLP, ConvNet, GlowNet
 from ._utils import sum_except_batch
 from .elementwise import ElementwiseAffine
 
@@ -45,6 +49,7 @@ __all__ = [
     "AffineCoupling",
     "ConvAdditiveCoupling",
     "ConvAffineCoupling",
+    "ChannelAffineCoupling",
     "Scaling",
 ]
 
@@ -299,6 +304,86 @@ class ConvAffineCoupling(_Affine):
         scale_bound: float | None = 3.0,
     ):
         super().__init__(_image_mask(mask), ConvNet(channels, 2 * channels, hidden, num_blocks), scale_bound)
+
+
+class ChannelAffineCoupling(Flow):
+    r"""Glow's affine coupling on images ``(B, C, H, W)``: the kept channels condition the others.
+
+    The channels are split into two contiguous blocks, ``x_a`` (kept: the first ``C // 2``
+    channels for ``parity=0``, the other ``C - C // 2`` for ``parity=1``, the same sets as
+    :func:`channel_mask`) and ``x_b``. The conditioner reads ``x_a`` only, and returns the raw
+    log-scales and the shifts of ``x_b`` as two contiguous blocks:
+
+    .. math:: (s_{raw}, t) = \mathrm{net}(x_a), \quad s = \mathrm{soft\_clamp}(s_{raw}), \quad
+              z_a = x_a, \quad z_b = x_b\, e^{s} + t, \quad \log|\det J| = \textstyle\sum s.
+
+    This is the map of :class:`ConvAffineCoupling` with a channel mask, but the network neither
+    reads the masked-out zeros nor computes parameters that would be thrown away: with ``C``
+    channels it reads ``C/2`` and writes ``C`` instead of reading ``C`` and writing ``2C``. The
+    last layer of the default network is zero, so the layer starts as the identity. Glow bounds
+    its scale with ``sigmoid(s + 2)``, which can only shrink; the symmetric
+    :func:`soft_clamp` is used here instead.
+
+    Args:
+        channels: ``C`` (at least 2).
+        hidden: channels of the default conditioner (:class:`coursepkg.nets.GlowNet`).
+        parity: which half is kept (see above).
+        scale_bound: bound of the log-scale; ``None`` for an unbounded ``exp`` scale.
+        conditioner: a module ``(B, kept, H, W) -> (B, 2 (C - kept), H, W)`` to use instead of
+            the default; start it at zero output.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden: int = 64,
+        parity: int = 0,
+        scale_bound: float | None = 3.0,
+        conditioner: nn.Module | None = None,
+    ):
+        super().__init__()
+        _check_parity(parity)
+        if channels < 2:
+            raise ValueError(f"a channel coupling needs at least 2 channels, got {channels}")
+        if scale_bound is not None and not scale_bound > 0:
+            raise ValueError(f"scale_bound must be positive or None, got {scale_bound}")
+        self.channels = channels
+        self.parity = parity
+        self.kept = channels // 2 if parity == 0 else channels - channels // 2
+        self.scale_bound = scale_bound
+        changed = channels - self.kept
+        self.net = conditioner if conditioner is not None else GlowNet(self.kept, 2 * changed, hidden)
+
+    def _split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(kept, changed)`` as views of ``t``: no copy."""
+        if t.dim() != 4 or t.shape[1] != self.channels:
+            raise ValueError(
+                f"ChannelAffineCoupling({self.channels}) expects images of shape (B, {self.channels}, H, W), "
+                f"got {tuple(t.shape)}"
+            )
+        first = self.kept if self.parity == 0 else self.channels - self.kept
+        a, b = t[:, :first], t[:, first:]
+        return (a, b) if self.parity == 0 else (b, a)
+
+    def _join(self, kept: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        return torch.cat([kept, changed] if self.parity == 0 else [changed, kept], dim=1)
+
+    def _scale_shift(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s_raw, t = self.net(kept).chunk(2, dim=1)  # two contiguous blocks of (C - kept) channels
+        return soft_clamp(s_raw, self.scale_bound), t
+
+    def forward(self, x):
+        kept, changed = self._split(x)
+        s, t = self._scale_shift(kept)
+        return self._join(kept, changed * torch.exp(s) + t), sum_except_batch(s)
+
+    def inverse(self, z):
+        kept, changed = self._split(z)
+        s, t = self._scale_shift(kept)
+        return self._join(kept, (changed - t) * torch.exp(-s)), -sum_except_batch(s)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kept={self.kept}, parity={self.parity}, scale_bound={self.scale_bound}"
 
 
 class Scaling(ElementwiseAffine):

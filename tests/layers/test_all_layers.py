@@ -80,6 +80,19 @@ def _multiscale():
     return L.MultiScale(steps, inner)
 
 
+def _glow_level():
+    # One Glow level on (2, 4, 4): squeeze, a step of flow, the learned prior, factor-out.
+    steps = Compose(
+        L.Squeeze(),
+        L.ActNorm(8),
+        L.LUConv1x1(8),
+        L.ChannelAffineCoupling(8, hidden=4),
+        L.SplitPrior(8),
+    )
+    inner = L.MultiScale(Compose(L.Squeeze(), L.Conv1x1(16), L.ChannelAffineCoupling(16, hidden=4)))
+    return L.MultiScale(steps, inner, keep=4)
+
+
 # Each entry: (make, shape of one sample).
 IMAGE_LAYERS = {
     "ActNorm": (lambda: L.ActNorm(2), (2, 4, 4)),
@@ -105,6 +118,21 @@ IMAGE_LAYERS = {
     "Squeeze": (lambda: L.Squeeze(), (4, 4, 4)),
     "Unsqueeze": (lambda: L.Unsqueeze(), (4, 4, 4)),
     "MultiScale": (_multiscale, (2, 4, 4)),
+    "MultiScale-glow": (_glow_level, (2, 4, 4)),
+    "Conv1x1": (lambda: L.Conv1x1(3), (3, 2, 2)),
+    "LUConv1x1": (lambda: L.LUConv1x1(3), (3, 2, 2)),
+    "LUConv1x1-bias": (lambda: L.LUConv1x1(4, bias=True), (4, 2, 3)),
+    "ChannelAffineCoupling": (lambda: L.ChannelAffineCoupling(4, hidden=4), (4, 2, 2)),
+    "ChannelAffineCoupling-odd-parity-1": (
+        lambda: L.ChannelAffineCoupling(3, hidden=4, parity=1),
+        (3, 2, 3),
+    ),
+    "ChannelAffineCoupling-unbounded": (
+        lambda: L.ChannelAffineCoupling(4, hidden=4, scale_bound=None),
+        (4, 2, 2),
+    ),
+    "SplitPrior": (lambda: L.SplitPrior(4), (4, 2, 2)),
+    "SplitPrior-keep-1": (lambda: L.SplitPrior(3, keep=1, scale_bound=None), (3, 2, 2)),
 }
 
 
