@@ -409,7 +409,9 @@ def train(
     model.to(device)
     dtype = _float_dtype(model)
     if optimizer is None:
-        optimizer = torch.optim.Adam(model.parameters(), lr=float(lr))
+        # foreach: batched updates instead of a Python loop over the parameter tensors (torch
+        # picks it by default on GPUs only); a Glow of ~90 tensors has many small ones.
+        optimizer = torch.optim.Adam(model.parameters(), lr=float(lr), foreach=True)
     val = None
     if val_data is not None:
         _check_samples(val_data, "val_data", preprocess)
