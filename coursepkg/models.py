@@ -30,11 +30,9 @@ from . import layers as L
 from .core import Compose, Flow, Inverse, NormalizingFlow
 from .distributions import StandardLogistic, StandardNormal
 
-__all__ = ["data_shape", "glow", "iaf", "maf", "nice", "realnvp", "standard_normal_base"]
+__all__ = ["data_shape", "glow", "iaf", "iresnet", "maf", "nice", "realnvp", "standard_normal_base"]
 
-_PLANNED = {
-    "iresnet": "chapter 7 (i-ResNet)",
-}
+_PLANNED: dict[str, str] = {}
 
 
 def _is_int(value) -> bool:
@@ -556,6 +554,74 @@ def glow(
 
     transform = Compose(*_logit(logit, logit_alpha), level(c, 0))
     return NormalizingFlow(transform, StandardNormal(shape))
+
+
+def iresnet(
+    dim: int,
+    num_layers: int = 8,
+    hidden: int | Sequence[int] = (64, 64),
+    *,
+    coefficient: float = 0.9,
+    activation: str = "elu",
+    log_det: str | None = None,
+    num_terms: int = 5,
+    roulette_p: float = 0.5,
+    num_probes: int = 1,
+    probe: str = "rademacher",
+    tol: float | None = None,
+    max_iter: int = 200,
+    norm: str | None = None,
+) -> NormalizingFlow:
+    r"""i-ResNet (Behrmann et al., 2019): ``num_layers`` :class:`~coursepkg.layers.InvertibleResidual` blocks.
+
+    Each block is ``x + g(x)`` with ``g`` an MLP whose linear maps are spectrally normalised to a
+    norm of at most ``coefficient``; it is inverted by fixed-point iteration (``sample``,
+    ``inverse``) and its log-determinant is exact or a power-series estimate.
+
+    Args:
+        dim: the data dimension (flatten images first).
+        num_layers: residual blocks.
+        hidden: hidden sizes of each block's network, an int (two layers) or a tuple.
+        coefficient: the bound ``c`` in ``(0, 1)`` on each linear map's spectral norm.
+        activation: ``"elu"`` or ``"lipswish"`` (both 1-Lipschitz).
+        log_det: ``"exact"`` (brute-force ``slogdet``, exact ``log_prob``), ``"series"``
+            (truncated power series with Hutchinson's estimator: ``log_prob`` is then a random
+            estimate, biased by the truncation), ``"roulette"`` (Residual Flows' unbiased
+            Russian-roulette estimate) or ``None``: exact for ``dim <= 16``, series above.
+        num_terms, roulette_p, num_probes, probe: the estimators' options (see
+            :class:`~coursepkg.layers.InvertibleResidual`).
+        tol, max_iter: the fixed-point inverse's stopping rule and its limit.
+        norm: ``None``, ``"actnorm"`` or ``"batchnorm"``: a normalisation layer before each block.
+    """
+    shape = data_shape(dim, "dim")
+    if len(shape) != 1:
+        raise ValueError(
+            f"iresnet works on vectors: pass the dimension (an int) as dim; flatten images first "
+            f"(x.flatten(1), dimension {math.prod(shape)})"
+        )
+    dim = shape[0]
+    num_layers = _check_int(num_layers, "num_layers", 1)
+    _check_hidden(hidden)
+    _norm_layer(norm, 1)  # checks the name before anything is built
+    steps: list[Flow] = []
+    for _ in range(num_layers):
+        steps += _norm_layer(norm, dim)
+        steps.append(
+            L.InvertibleResidual(
+                dim,
+                hidden,
+                coefficient=coefficient,
+                activation=activation,
+                log_det=log_det,
+                num_terms=num_terms,
+                roulette_p=roulette_p,
+                num_probes=num_probes,
+                probe=probe,
+                tol=tol,
+                max_iter=max_iter,
+            )  # fmt: skip
+        )
+    return NormalizingFlow(Compose(*steps), standard_normal_base(dim))
 
 
 def __getattr__(name: str):

@@ -238,8 +238,9 @@ def test_an_empty_batch_gives_an_empty_result():
         lambda: models.realnvp(4, num_layers=2, hidden=8),
         lambda: models.realnvp(IMAGE, num_layers=1, hidden=4, num_blocks=0),
         lambda: models.glow(IMAGE, num_layers=1, hidden=4),
+        lambda: models.iresnet(3, num_layers=2, hidden=4, norm="actnorm"),
     ],
-    ids=["nice", "realnvp-vector", "realnvp-image", "glow"],
+    ids=["nice", "realnvp-vector", "realnvp-image", "glow", "iresnet"],
 )
 def test_the_bare_transform_maps_an_empty_batch_in_train_mode(build):
     # Train mode: ActNorm's initialisation and batch norm's statistics must not see the empty batch.
@@ -403,6 +404,38 @@ BAD_BUILDS = {
         "split_prior must be True or False",
     ),
     "glow-logit-none": (lambda: models.glow(IMAGE, logit=None), TypeError, "logit must be True or False"),
+    "iresnet-image": (lambda: models.iresnet(IMAGE), ValueError, "iresnet works on vectors"),
+    "iresnet-num-layers-0": (
+        lambda: models.iresnet(2, num_layers=0),
+        ValueError,
+        "num_layers must be at least 1",
+    ),
+    "iresnet-hidden-empty": (lambda: models.iresnet(2, hidden=()), ValueError, "hidden must be"),
+    "iresnet-coefficient-1": (
+        lambda: models.iresnet(2, coefficient=1.0),
+        ValueError,
+        r"coefficient must be in \(0, 1\), got 1.0",
+    ),
+    "iresnet-log-det": (
+        lambda: models.iresnet(2, log_det="slogdet"),
+        ValueError,
+        "log_det must be 'exact', 'series', 'roulette' or None",
+    ),
+    "iresnet-roulette-p": (
+        lambda: models.iresnet(2, log_det="roulette", roulette_p=1.0),
+        ValueError,
+        r"roulette_p must be in \(0, 1\)",
+    ),
+    "iresnet-activation": (lambda: models.iresnet(2, activation="relu"), ValueError, "activation must be"),
+    "iresnet-probe": (lambda: models.iresnet(2, probe="uniform"), ValueError, "probe must be"),
+    "iresnet-num-probes": (
+        lambda: models.iresnet(2, num_probes=0),
+        ValueError,
+        "num_probes must be a positive",
+    ),
+    "iresnet-max-iter": (lambda: models.iresnet(2, max_iter=2.5), ValueError, "max_iter must be a positive"),
+    "iresnet-tol": (lambda: models.iresnet(2, tol=-1e-3), ValueError, "tol must be > 0"),
+    "iresnet-norm": (lambda: models.iresnet(2, norm="layer"), ValueError, "norm must be"),
 }
 
 

@@ -16,15 +16,17 @@ def test_data_shape_convention():
     assert base.sample(2).shape == (2, 1, 8, 8)
 
 
-@pytest.mark.parametrize("name", sorted(models._PLANNED))
-def test_families_not_written_yet_say_which_chapter_brings_them(name):
-    assert name not in models.__all__, f"models.{name} exists: remove it from models._PLANNED"
-    with pytest.raises(NotImplementedError, match="chapter"):
-        getattr(models, name)
+def test_families_not_written_yet_say_which_chapter_brings_them(monkeypatch):
+    # Every family of the book is written now; the mechanism stays for the next one.
+    for name in models._PLANNED:
+        assert name not in models.__all__, f"models.{name} exists: remove it from models._PLANNED"
+    monkeypatch.setitem(models._PLANNED, "future_flow", "chapter 9 (a future family)")
+    with pytest.raises(NotImplementedError, match="chapter 9"):
+        models.future_flow  # noqa: B018
 
 
 def test_written_families_are_no_longer_planned():
-    assert {"nice", "realnvp", "maf", "iaf"} <= set(models.__all__)
+    assert {"nice", "realnvp", "maf", "iaf", "glow", "iresnet"} <= set(models.__all__)
     assert not set(models.__all__) & set(models._PLANNED)
 
 

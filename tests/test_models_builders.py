@@ -44,6 +44,11 @@ BUILDERS = {
         (3,),
     ),
     "glow": (lambda: models.glow((1, 4, 4), num_layers=2, hidden=4), (1, 4, 4)),
+    "iresnet-elu": (lambda: models.iresnet(3, num_layers=2, hidden=8), (3,)),
+    "iresnet-lipswish-actnorm": (
+        lambda: models.iresnet(2, num_layers=2, hidden=(8, 6), activation="lipswish", norm="actnorm"),
+        (2,),
+    ),
     "glow-plain-no-prior": (
         lambda: models.glow((2, 4, 4), num_layers=1, hidden=4, conv1x1="plain", split_prior=False),
         (2, 4, 4),

@@ -22,6 +22,7 @@ from .linear import Conv1x1, Linear, LUConv1x1, LULinear, Permutation, Reverse
 from .multiscale import MultiScale, SplitPrior
 from .planar import Planar
 from .reshape import Squeeze, Unsqueeze, squeeze, unsqueeze
+from .residual import InvertibleResidual, LipSwish, SpectralLinear
 from .transformers import RationalQuadraticSpline, Transformer
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "ElementwiseAffine",
     "Linear",
     "Logit",
+    "InvertibleResidual",
+    "LipSwish",
     "LUConv1x1",
     "LULinear",
     "MaskedAutoregressive",
@@ -47,6 +50,7 @@ __all__ = [
     "RationalQuadraticSpline",
     "Reverse",
     "Scaling",
+    "SpectralLinear",
     "Sigmoid",
     "SplitPrior",
     "Squeeze",

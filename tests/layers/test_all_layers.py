@@ -55,6 +55,13 @@ VECTOR_LAYERS = {
     "MaskedAutoregressive-spline": lambda: L.MaskedAutoregressive(
         4, hidden=8, transformer=L.RationalQuadraticSpline(num_bins=4, bound=2.0), order="reversed"
     ),
+    "InvertibleResidual": lambda: L.InvertibleResidual(4, hidden=8, log_det="exact"),
+    "InvertibleResidual-lipswish": lambda: L.InvertibleResidual(
+        4, hidden=(8, 6), coefficient=0.97, activation="lipswish", log_det="exact"
+    ),
+    "InvertibleResidual-power-method": lambda: L.InvertibleResidual(
+        4, hidden=8, coefficient=0.7, log_det="exact", power_iterations=2
+    ),
     "Inverse-MaskedAutoregressive": lambda: Inverse(L.MaskedAutoregressive(4, hidden=8, order=[2, 0, 3, 1])),
 }
 
