@@ -27,6 +27,18 @@ def _check_vectors(layer: nn.Module, t: torch.Tensor, dim: int) -> None:
         )
 
 
+def _square_weight(size: int, weight: torch.Tensor | None) -> torch.Tensor:
+    """A fresh ``(size, size)`` float copy of ``weight``, or a random orthogonal matrix for ``None``."""
+    if weight is None:
+        weight = torch.linalg.qr(torch.randn(size, size))[0]
+    weight = torch.as_tensor(weight)
+    if not weight.is_floating_point():
+        weight = weight.to(torch.get_default_dtype())
+    if weight.shape != (size, size):
+        raise ValueError(f"weight must have shape ({size}, {size}), got {tuple(weight.shape)}")
+    return weight.clone()
+
+
 class Linear(Flow):
     r"""``z = x W^T + b`` with a dense learnable matrix; ``log_det = log|det W|`` via ``slogdet``.
 
@@ -38,15 +50,8 @@ class Linear(Flow):
 
     def __init__(self, dim: int, weight: torch.Tensor | None = None, bias: bool = True):
         super().__init__()
-        if weight is None:
-            weight = torch.linalg.qr(torch.randn(dim, dim))[0]
-        weight = torch.as_tensor(weight)
-        if not weight.is_floating_point():
-            weight = weight.to(torch.get_default_dtype())
-        if weight.shape != (dim, dim):
-            raise ValueError(f"weight must have shape ({dim}, {dim}), got {tuple(weight.shape)}")
         self.dim = dim
-        self.weight = nn.Parameter(weight.clone())
+        self.weight = nn.Parameter(_square_weight(dim, weight))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def _log_det(self, batch: int) -> torch.Tensor:
@@ -203,15 +208,8 @@ class Conv1x1(Flow):
 
     def __init__(self, channels: int, weight: torch.Tensor | None = None):
         super().__init__()
-        if weight is None:
-            weight = torch.linalg.qr(torch.randn(channels, channels))[0]
-        weight = torch.as_tensor(weight)
-        if not weight.is_floating_point():
-            weight = weight.to(torch.get_default_dtype())
-        if weight.shape != (channels, channels):
-            raise ValueError(f"weight must have shape ({channels}, {channels}), got {tuple(weight.shape)}")
         self.channels = channels
-        self.weight = nn.Parameter(weight.clone())
+        self.weight = nn.Parameter(_square_weight(channels, weight))
         self._cache = _WeightCache()
 
     def train(self, mode: bool = True):
