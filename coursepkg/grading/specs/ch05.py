@@ -29,7 +29,7 @@ from coursepkg.grading.spec import (
     forbid_brute_force_jacobian,
     forbid_determinants,
 )
-from coursepkg.grading.specs.common import LOG_2PI, brute_log_det, points
+from coursepkg.grading.specs.common import LOG_2PI, brute_log_det, compare_log_dets, points
 from coursepkg.layers import autoregressive, transformers
 from coursepkg.testing import assert_close
 
@@ -266,18 +266,6 @@ _AR_CASES = (
 )
 
 
-def _compare_brute(student, reference):
-    """``{label: {"log_det": ..., "expected": ..., "against": words}}``: the student's log-det against
-    a value computed here (the brute force, or minus the other direction's)."""
-    for key, values in student.items():
-        log_det = values["log_det"]
-        if not isinstance(log_det, torch.Tensor):
-            raise AssertionError(
-                f"{key}: log_det should be a tensor of shape (B,), got {type(log_det).__name__}"
-            )
-        assert_close(log_det, values["expected"], f"{key}: log_det vs {values['against']}", 1e-9, 1e-7)
-
-
 # -- ch05-maf-density -----------------------------------------------------------------------------
 
 SET.check_cell("ch05-maf-density", points=0.5)
@@ -326,7 +314,7 @@ def maf_log_det(ns):
     return result
 
 
-maf_log_det.compare(_compare_brute)
+maf_log_det.compare(compare_log_dets)
 
 
 def _grid(half_width: float, count: int) -> tuple[torch.Tensor, float]:
@@ -469,7 +457,7 @@ def maf_inverse_log_det(ns):
     return result
 
 
-maf_inverse_log_det.compare(_compare_brute)
+maf_inverse_log_det.compare(compare_log_dets)
 
 
 @SET.test("ch05-maf-sample", points=0.5, requires=("maf_inverse",))

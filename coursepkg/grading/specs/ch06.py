@@ -20,7 +20,7 @@ from torch.nn import functional
 
 import coursepkg
 from coursepkg.grading.spec import ExerciseSet, default_compare, forbid, forbid_determinants
-from coursepkg.grading.specs.common import brute_log_det
+from coursepkg.grading.specs.common import brute_log_det, compare_log_dets
 from coursepkg.layers import actnorm, linear, multiscale
 from coursepkg.testing import assert_close
 
@@ -165,17 +165,6 @@ def actnorm_second_batch(ns):
 actnorm_second_batch.compare(lambda student, reference: _compare_pairs(student, reference, 1e-5, 1e-5))
 
 
-def _compare_brute(student, reference):
-    """``{label: {"log_det": ..., "expected": ...}}``: the student's log-det against a value computed here."""
-    for key, values in student.items():
-        log_det = values["log_det"]
-        if not isinstance(log_det, torch.Tensor):
-            raise AssertionError(
-                f"{key}: log_det should be a tensor of shape (B,), got {type(log_det).__name__}"
-            )
-        assert_close(log_det, values["expected"], key, 1e-9, 1e-7)
-
-
 _SMALL_SHAPES = ((3, 2, 2, 3), (2, 3, 2, 2), (2, 1, 3, 1), (2, 2, 1, 1))
 
 
@@ -201,7 +190,7 @@ def actnorm_log_det(ns):
     return result
 
 
-actnorm_log_det.compare(_compare_brute)
+actnorm_log_det.compare(compare_log_dets)
 
 
 @SET.test("ch06-actnorm", points=0.5, requires=("ActNormLayer",))
@@ -356,7 +345,7 @@ def conv1x1_brute(ns):
     return result
 
 
-conv1x1_brute.compare(_compare_brute)
+conv1x1_brute.compare(compare_log_dets)
 
 
 @SET.test("ch06-conv1x1-logdet", points=0.5, requires=("conv1x1", "conv1x1_inverse"))
@@ -520,7 +509,7 @@ def lu_log_det(ns):
     return result
 
 
-lu_log_det.compare(_compare_brute)
+lu_log_det.compare(compare_log_dets)
 
 
 # Wrong versions of the solution that must fail a test (tests/grading/test_variants.py).

@@ -31,3 +31,21 @@ def brute_log_det(fn, x: torch.Tensor) -> torch.Tensor:
 def shapes(*tensors) -> list:
     """``(shape, dtype)`` of each tensor, or the type of what is not one, for comparisons."""
     return [(tuple(t.shape), str(t.dtype)) if isinstance(t, torch.Tensor) else repr(type(t)) for t in tensors]
+
+
+def compare_log_dets(student, reference) -> None:
+    """A ``compare`` for probes returning ``{label: {"log_det": ..., "expected": ...}}``.
+
+    The student's log-det is checked against the value the probe computed independently (a brute
+    force, or minus the other direction's), named by ``"against"`` when the probe gives it.
+    """
+    from coursepkg.testing import assert_close
+
+    for key, values in student.items():
+        log_det = values["log_det"]
+        if not isinstance(log_det, torch.Tensor):
+            raise AssertionError(
+                f"{key}: log_det should be a tensor of shape (B,), got {type(log_det).__name__}"
+            )
+        label = f"{key}: log_det vs {values['against']}" if "against" in values else key
+        assert_close(log_det, values["expected"], label, 1e-9, 1e-7)
