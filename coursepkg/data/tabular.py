@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .images import _permutation
+
 __all__ = ["TABULAR_NAMES", "TabularData", "load_tabular"]
 
 TABULAR_NAMES: tuple[str, ...] = ("breast_cancer", "wine")
@@ -121,7 +123,7 @@ def _split_rows(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndar
             f"fractions {fractions} leave a split of {n} rows with too few rows "
             f"(train {n_train}, val {n_val}, test {n - n_train - n_val}); the training part needs at least 2"
         )
-    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).numpy()
+    permutation = _permutation(n, int(seed)).numpy()
     parts = np.split(permutation, [n_train, n_train + n_val])
     return [np.sort(part) for part in parts]
 
