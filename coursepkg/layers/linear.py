@@ -98,8 +98,9 @@ class LULinear(Flow):
 
     def weight(self) -> torch.Tensor:
         """The matrix ``W = P L U``, shape ``(D, D)``."""
-        lower, upper = self._factors()
-        return self.permutation @ lower @ upper
+        upper = torch.triu(self.upper, 1) + torch.diag(self.sign * self.log_diag.exp())
+        # L U = U + L_strict U: one fused multiply-add, no identity matrix.
+        return self.permutation @ torch.addmm(upper, torch.tril(self.lower, -1), upper)
 
     def forward(self, x):
         _check_vectors(self, x, self.dim)
@@ -260,12 +261,6 @@ class LUConv1x1(LULinear):
         super().__init__(channels, bias=bias)
         self.channels = channels
         self._cache = _WeightCache()
-
-    def weight(self) -> torch.Tensor:
-        """The matrix ``W = P L U``, shape ``(C, C)``; :meth:`LULinear.weight` with fewer operations."""
-        upper = torch.triu(self.upper, 1) + torch.diag(self.sign * self.log_diag.exp())
-        # L U = U + L_strict U: one fused multiply-add, no identity matrix.
-        return self.permutation @ torch.addmm(upper, torch.tril(self.lower, -1), upper)
 
     def train(self, mode: bool = True):
         self._cache.clear()
