@@ -332,7 +332,10 @@ def _check_levels(num_levels: int, upper: int | None = None) -> None:
 
 
 def dequantize(
-    levels: torch.Tensor, num_levels: int, generator: torch.Generator | None = None
+    levels: torch.Tensor,
+    num_levels: int,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Uniform dequantization: :math:`x = (k + u) / L` with :math:`u \sim U[0, 1)`, per pixel.
 
@@ -341,6 +344,9 @@ def dequantize(
             (e.g. ``uint8`` from :func:`load_digits`).
         num_levels: :math:`L`, the number of levels (:data:`DIGITS_LEVELS`, :data:`MNIST_LEVELS`).
         generator: for reproducible noise; on the device of ``levels``.
+        noise: the uniform draws :math:`u \in [0, 1)` themselves, of the shape of ``levels``
+            (instead of drawing them here): for noise that must not depend on how a batch is
+            split, as in :mod:`coursepkg.fullmode`.
 
     Returns:
         float32 values in ``[0, 1)`` of the shape of ``levels``, on its device, each in the bin of
@@ -360,7 +366,17 @@ def dequantize(
                 f"{low} to {high}; is num_levels right ({DIGITS_LEVELS} for digits, 256 for MNIST and CIFAR-10)?"
             )
     k = levels.to(torch.float32)
-    u = torch.rand(levels.shape, generator=generator, device=levels.device)
+    if noise is None:
+        u = torch.rand(levels.shape, generator=generator, device=levels.device)
+    else:
+        if noise.shape != levels.shape or not noise.is_floating_point():
+            raise ValueError(
+                f"noise must be floats of the levels' shape {tuple(levels.shape)}, got {noise.dtype} "
+                f"of shape {tuple(noise.shape)}"
+            )
+        if noise.numel() and not (noise.min() >= 0 and noise.max() < 1):
+            raise ValueError("noise must lie in [0, 1), like torch.rand's draws")
+        u = noise.to(device=levels.device, dtype=torch.float32)
     x = (k + u) / num_levels
     # Rounding to float32 can push x onto the edge of the next bin (u close to 1) or just below
     # its own (u = 0): nudge those by one representable step at a time until they are back in.
