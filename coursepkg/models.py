@@ -570,6 +570,7 @@ def iresnet(
     probe: str = "rademacher",
     tol: float | None = None,
     max_iter: int = 200,
+    power_iterations: int | None = None,
     norm: str | None = None,
 ) -> NormalizingFlow:
     r"""i-ResNet (Behrmann et al., 2019): ``num_layers`` :class:`~coursepkg.layers.InvertibleResidual` blocks.
@@ -591,6 +592,8 @@ def iresnet(
         num_terms, roulette_p, num_probes, probe: the estimators' options (see
             :class:`~coursepkg.layers.InvertibleResidual`).
         tol, max_iter: the fixed-point inverse's stopping rule and its limit.
+        power_iterations: ``None``: exact spectral norms in training; an int: that many
+            power-method steps per training step (see :class:`~coursepkg.layers.SpectralLinear`).
         norm: ``None``, ``"actnorm"`` or ``"batchnorm"``: a normalisation layer before each block.
     """
     shape = data_shape(dim, "dim")
@@ -619,6 +622,7 @@ def iresnet(
                 probe=probe,
                 tol=tol,
                 max_iter=max_iter,
+                power_iterations=power_iterations,
             )  # fmt: skip
         )
     return NormalizingFlow(Compose(*steps), standard_normal_base(dim))

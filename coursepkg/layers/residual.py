@@ -146,7 +146,10 @@ class InvertibleResidual(Flow):
         num_terms: terms of the power series (series), or the terms always computed (roulette).
         roulette_p: roulette only: the probability, in ``(0, 1)``, of stopping after each term
             beyond ``num_terms``; smaller costs more terms on average (``(1 - p) / p``) and has a
-            smaller variance.
+            smaller variance. The variance is finite when ``1 - p`` exceeds ``Lip(g)^2`` (at
+            most ``coefficient^(2m)`` for ``m`` linear maps), since term ``k`` is weighted by
+            ``(1 - p)^-k`` and shrinks like ``Lip(g)^k``. A batch runs until its longest draw
+            stops, so the cost of a batch grows (slowly, like ``log B``) with its size ``B``.
         num_probes: Hutchinson probes per sample (series, roulette); the estimate's variance falls
             as ``1 / num_probes``.
         probe: ``"gaussian"`` or ``"rademacher"`` (entries ``+-1``, smaller variance).
