@@ -1,10 +1,11 @@
 # The course in two commands: `make book` and `make test`. Both create .venv on first use.
 PYTHON ?= python3
+PORT   ?= 8000
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help book test lint format clean distclean exercises solutions
+.PHONY: help book test lint format clean distclean exercises solutions serve pdf
 
 help:
 	@echo "make book   build the executed book into _build/html (creates $(VENV) on first use)"
@@ -12,6 +13,8 @@ help:
 	@echo "make format apply ruff's formatting and safe fixes"
 	@echo "make exercises  generate exercises/ (and the grader's references) from solutions/"
 	@echo "make solutions  re-execute solutions/ to store their check outputs, then make exercises"
+	@echo "make serve  preview the built book at http://127.0.0.1:$(PORT) (PORT=$(PORT))"
+	@echo "make pdf    the whole book as one PDF, _build/pdf/book.pdf (printed by Chromium)"
 	@echo "make clean  remove the built book and caches"
 
 # A local CPU wheel of torch (a pip find-links folder, as on the course's CI machines) is taken
@@ -29,6 +32,18 @@ $(STAMP): pyproject.toml
 
 book: $(STAMP)
 	$(BIN)/python tools/build_book.py --strict
+
+# Preview of the built book as it will be published (Ctrl-C stops it).
+serve:
+	@test -f _build/html/index.html || { echo "no built book: run make book first"; exit 1; }
+	@echo "serving _build/html at http://127.0.0.1:$(PORT)/ (Ctrl-C to stop)"
+	$(PYTHON) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
+
+# The book as one PDF: each page of the table of contents printed by the machine's Chromium
+# (Debian/Ubuntu: apt-get install chromium), then joined.
+pdf: book
+	@$(BIN)/python -c 'import playwright, pypdf' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[pdf]'
+	$(BIN)/python tools/print_book.py --output _build/pdf/book.pdf
 
 exercises: $(STAMP)
 	$(BIN)/python -m coursepkg.grading.generate

@@ -23,7 +23,9 @@ from __future__ import annotations
 import io
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterable
+from html import escape
 
 import numpy as np
 
@@ -56,6 +58,7 @@ def slider_animation(
     ncols: int = 1,
     dpi: int = 72,
     max_frames: int = 60,
+    alt: str | None = None,
 ):
     """An animation over ``values`` with play/pause/step buttons and a frame slider, as HTML
     that works in a static page (no kernel needed).
@@ -78,6 +81,11 @@ def slider_animation(
         ncols: number of side-by-side axes passed to ``draw``.
         dpi: resolution of the frames.
         max_frames: the most frames accepted.
+        alt: the frames' alternative text, for readers who cannot see them; default: what the
+            animation varies, from which value to which.
+
+    The player needs nothing from the network: matplotlib's player loads its button icons from
+    a font on a CDN, so its buttons are given text symbols instead (offline books, Colab).
 
     Size warning: every frame is an embedded PNG, so the HTML grows with the number of frames,
     ``figsize`` and ``dpi`` (squared). With the defaults (at most 60 frames of 432 x 216 pixels)
@@ -129,7 +137,34 @@ def slider_animation(
         html = animation.to_jshtml(default_mode="once")
     finally:
         plt.close(fig)
-    return HTML(html)
+    if alt is None:
+        alt = (
+            f"Animation in {len(values)} frames as {label} goes from {caption(values[0])} to "
+            f"{caption(values[-1])}; play it or move the slider to see each frame."
+        )
+    return HTML(_offline_player(html, alt))
+
+
+#: Text symbols for the Font Awesome icons of matplotlib's animation player.
+_BUTTON_SYMBOLS = {
+    "fa-minus": "\u2212",
+    "fa-fast-backward": "\u21e4",
+    "fa-step-backward": "\u25c1",
+    "fa-play fa-flip-horizontal": "\u25c0",
+    "fa-pause": "\u275a\u275a",
+    "fa-play": "\u25b6",
+    "fa-step-forward": "\u25b7",
+    "fa-fast-forward": "\u21e5",
+    "fa-plus": "+",
+}
+
+
+def _offline_player(html: str, alt: str) -> str:
+    """``to_jshtml``'s player without its remote stylesheet, with text buttons and alt text."""
+    html = re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "", html)
+    for icon, symbol in _BUTTON_SYMBOLS.items():
+        html = html.replace(f'<i class="fa {icon}"></i>', f'<span aria-hidden="true">{symbol}</span>')
+    return re.sub(r'<img id="(_anim_img\w+)">', lambda m: f'<img id="{m[1]}" alt="{escape(alt)}">', html)
 
 
 def _decimals(*numbers_: float) -> int:

@@ -145,3 +145,15 @@ def test_interactive_needs_a_slider():
 
 def test_in_notebook_kernel_is_false_under_pytest():
     assert widgets.in_notebook_kernel() is False
+
+
+def test_slider_animation_needs_no_network_and_has_alt_text():
+    def draw(ax, value):
+        ax.plot([0, value])
+
+    html = widgets.slider_animation(draw, [1, 2], label="k", figsize=(2, 1), dpi=30).data
+    assert "http://" not in html and "https://" not in html, "the player must not load anything remote"
+    assert 'class="fa' not in html, "icon-font buttons are blank without the font"
+    assert re.search(r'<img id="_anim_img\w+" alt="Animation in 2 frames as k goes from 1.00 to 2.00', html)
+    html = widgets.slider_animation(draw, [1], figsize=(2, 1), dpi=30, alt='a "line" <growing>').data
+    assert 'alt="a &quot;line&quot; &lt;growing&gt;"' in html

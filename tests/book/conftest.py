@@ -63,9 +63,25 @@ class BookBuild:
         return returncode, cls.log.read_text()
 
 
+def existing_build() -> Path | None:
+    """The folder named by COURSEPKG_BUILT_BOOK: a book built earlier, checked as it is.
+
+    For working on the checks of the built site (or checking a published copy) without the
+    minutes of a rebuild; unset, the tests build the book from the current sources.
+    """
+    folder = os.environ.get("COURSEPKG_BUILT_BOOK")
+    return Path(folder).resolve() if folder else None
+
+
 @pytest.fixture(scope="session")
 def built_book() -> Path:
-    """_build/html, built strictly from the current sources (skipped when already up to date)."""
+    """_build/html, built strictly from the current sources (skipped when already up to date),
+    or the earlier build named by COURSEPKG_BUILT_BOOK."""
+    folder = existing_build()
+    if folder is not None:
+        if not (folder / "index.html").is_file():
+            pytest.fail(f"COURSEPKG_BUILT_BOOK={folder} holds no built book (no index.html)", pytrace=False)
+        return folder
     returncode, output = BookBuild.wait()
     if returncode != 0:
         problems = [line for line in output.splitlines() if "WARNING" in line or "ERROR" in line]
@@ -84,7 +100,7 @@ def pytest_collection_modifyitems(session, config, items):
     background, so the rest of the suite runs while the chapters execute."""
     needs_book = [item for item in items if "built_book" in getattr(item, "fixturenames", ())]
     if needs_book:
-        if not config.option.collectonly:
+        if not config.option.collectonly and existing_build() is None:
             BookBuild.start()
         others = [item for item in items if "built_book" not in getattr(item, "fixturenames", ())]
         items[:] = others + needs_book

@@ -5,8 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
-from .conftest import toc_files
+from .conftest import ROOT, toc_files
+
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+REPO_SLUG = CONFIG["repository"]["url"].rstrip("/").removeprefix("https://github.com/")
+BRANCH = CONFIG["repository"].get("branch", "main")
 
 pytestmark = pytest.mark.slow
 
@@ -25,4 +30,4 @@ def test_chapter_html_has_executed_outputs_and_no_errors(built_book, chapter):
     for marker in ("output traceback", "output stderr", "Traceback (most recent call last)"):
         assert marker not in html, f"{chapter}: found {marker!r}"
     # Launch buttons: Colab opens this very notebook.
-    assert f"colab.research.google.com/github/flows-course/flows-course/blob/main/{chapter}.ipynb" in html
+    assert f"colab.research.google.com/github/{REPO_SLUG}/blob/{BRANCH}/{chapter}.ipynb" in html
