@@ -173,3 +173,46 @@ def test_maf_iaf_compares_with_an_installed_library(library, tmp_path, keep_thre
     assert row[f"{library}_params"] == row["params"]
     assert {f"{library}_over_maf_density", f"{library}_over_iaf_density"} <= set(report["ratios"])
     assert f"{library} time / coursepkg time" in capsys.readouterr().out
+
+
+def test_peers_runs_every_row_with_the_installed_libraries(tmp_path, keep_threads, capsys):
+    bench = _load("peers")
+    installed = [name for name in bench.LIBRARIES if bench.available(name)]
+    out = tmp_path / "peers.json"
+    report = bench.main(
+        ["--threads", "1", "--rounds", "1", "--budget", "0", "--batch", "6", "--hidden", "8"]
+        + ["--glow-hidden", "4", "--floor", "--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    table = out.with_suffix(".md").read_text()
+    assert [row["row"] for row in report["rows"]] == list(bench.ROWS)
+    for row in report["rows"]:
+        assert row["row"] in table
+        expected = {name for name in installed if name in bench.builders(row["row"], 8, 4)}
+        assert set(row["params"]) == expected and "coursepkg" in expected
+        rates = row["examples_per_second"]["wall"]
+        assert all(rate > 0 for per_library in rates.values() for rate in per_library.values())
+        assert bool(row["ratios"]) == (len(expected) > 1)
+        if row["ratios"]:
+            assert set(row["ratios"]) == {"wall", "cpu"} and set(row["ratios"]["cpu"]) == {"train", "sample"}
+        if row["row"] != "glow":  # vectors: the same architecture, the same parameter count
+            assert len(set(row["params"].values())) == 1, row["params"]
+            assert row["networks_alone"]["wall"] > 0 and row["networks_alone"]["cpu"] > 0
+            assert "networks alone" in table
+    maf = report["rows"][0]
+    assert any("normflows" in note for note in maf["notes"]) == ("normflows" in installed)
+    assert "coursepkg / fastest peer" in capsys.readouterr().out
+
+
+def test_peers_skips_missing_libraries(tmp_path, keep_threads, monkeypatch, capsys):
+    bench = _load("peers")
+    monkeypatch.setattr(bench, "available", lambda name: name == "coursepkg")
+    report = bench.main(
+        ["--rows", "realnvp-2", "--threads", "1", "--rounds", "1", "--budget", "0", "--batch", "4"]
+        + ["--hidden", "4", "--out", str(tmp_path / "peers.json")]
+    )
+    (row,) = report["rows"]
+    assert set(row["params"]) == {"coursepkg"} and row["ratios"] == {}
+    assert "zuko is not installed: skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--rows", "realnvp-3", "--out", str(tmp_path / "never.json")])

@@ -20,12 +20,15 @@ Masks are ``bool`` tensors, ``True`` where a coordinate passes unchanged: :func:
 and :func:`channel_mask` for images. Alternate a mask with its complement (``~mask``, or the
 other ``parity``) from one layer to the next so that every coordinate gets transformed.
 
-The mask layers multiply by the mask rather than gathering coordinates: one code path serves
-every mask, and the masked-out outputs of the conditioner are simply ignored. That costs speed:
-the conditioner reads the whole (masked) input and computes outputs that are thrown away.
-:class:`ChannelAffineCoupling` (Glow's coupling) splits the channels into two contiguous halves
-instead, so its conditioner reads only the kept half and writes only the parameters of the
-other.
+The vector couplings (:class:`AdditiveCoupling`, :class:`AffineCoupling`) work as the
+definition reads: their conditioner gets the kept coordinates ``x[:, mask]`` alone and returns
+the parameters of the changed coordinates only, so that its input and output are each about half
+as wide as ``x``. The image couplings with a spatial mask (:class:`ConvAdditiveCoupling`,
+:class:`ConvAffineCoupling`) multiply by the mask instead, since a checkerboard is no block of
+channels: their conditioner reads the whole image with the changed values set to zero, and the
+parameters it computes for the kept values are ignored. :class:`ChannelAffineCoupling` (Glow's
+coupling) splits the channels into two contiguous halves, so its conditioner reads only the kept
+half and writes only the parameters of the other.
 """
 
 from __future__ import annotations
@@ -117,24 +120,39 @@ def soft_clamp(s: torch.Tensor, bound: float | None) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
+def _count_kept(mask: torch.Tensor) -> int:
+    """The number of ``True`` (or 1) entries of a coupling's mask, after checking that it is one."""
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+        raise ValueError("a mask must hold only 0/1 (or True/False) values")
+    kept = int(mask.bool().sum())
+    if kept == 0 or kept == mask.numel():
+        raise ValueError(
+            f"the mask must keep some coordinates and transform others; got {kept} of {mask.numel()} kept"
+        )
+    return kept
+
+
 class _Coupling(Flow):
-    """What the couplings share: the mask buffer, the conditioner and the input check.
+    """What the couplings share: the mask buffer, the conditioner and the steps of the map.
 
     ``mask`` is stored as a float buffer in a shape that broadcasts against the input (``(D,)``
     for vectors, ``(C or 1, H or 1, W or 1)`` for images) so that it follows ``.to(dtype)`` and
     survives ``state_dict`` (a random mask must be restored, not redrawn).
+
+    ``_Additive`` and ``_Affine`` write each map once, in terms of three steps that the two
+    layouts below (``_Gathered`` for vectors, ``_Masked`` for images) implement:
+    ``_conditioner_output(x)``, the conditioner's ``num_params`` tensors for the changed values
+    (the shifts; or the raw log-scales and the shifts); ``_changed(x)``, those values; and
+    ``_with_changed(x, new)``, ``x`` with them replaced by ``new``.
     """
+
+    num_params = 1  # parameters per changed value: 1 (additive) or 2 (affine)
 
     def __init__(self, mask: torch.Tensor, net: nn.Module):
         super().__init__()
         mask = torch.as_tensor(mask)
-        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
-            raise ValueError("a mask must hold only 0/1 (or True/False) values")
-        kept = int(mask.bool().sum())
-        if kept == 0 or kept == mask.numel():
-            raise ValueError(
-                f"the mask must keep some coordinates and transform others; got {kept} of {mask.numel()} kept"
-            )
+        _count_kept(mask)
         self.register_buffer("mask", mask.to(torch.get_default_dtype()))
         self.net = net
 
@@ -152,85 +170,206 @@ class _Coupling(Flow):
         return f"mask_shape={tuple(self.mask.shape)}, kept={int(self.mask.sum())}"
 
 
-class _Additive(_Coupling):
-    def _shift(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        # The conditioner sees only the masked part; its output on that part is discarded.
-        return self.net(x * self.mask) * (1 - self.mask)
+class _Gathered(_Coupling):
+    """Vectors ``(B, D)``: the conditioner reads the kept coordinates and writes for the changed ones.
 
+    The indices of both sets are buffers (``kept_index``, ``changed_index``) that follow the
+    module's device; they are derived from ``mask``, so they are left out of ``state_dict`` and
+    computed again whenever a ``mask`` is loaded.
+    """
+
+    def __init__(self, mask: torch.Tensor, net: nn.Module, conditioner_input: str = "kept"):
+        super().__init__(mask, net)
+        if conditioner_input not in ("kept", "masked"):
+            raise ValueError(f"conditioner_input must be 'kept' or 'masked', got {conditioner_input!r}")
+        self.conditioner_input = conditioner_input
+        self._index_from_mask()
+
+    def _index_from_mask(self) -> None:
+        keep = self.mask.bool()
+        device = self.mask.device
+        self.register_buffer("kept_index", torch.nonzero(keep).flatten(), persistent=False)
+        self.register_buffer("changed_index", torch.nonzero(~keep).flatten(), persistent=False)
+        # With conditioner_input="masked" the network writes num_params blocks of D columns:
+        # these are the columns of the changed coordinates, block after block.
+        blocks = torch.arange(self.num_params, device=device).unsqueeze(1) * keep.numel()
+        self.register_buffer("_changed_columns", (blocks + self.changed_index).flatten(), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._index_from_mask()  # a loaded random mask brings its own indices
+
+    # index_select rather than x[:, index]: the same gather, at about half the cost on a CPU
+    # (forward and backward), which made a training step of a D = 64 RealNVP about 10% faster.
+    def _changed(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.changed_index)
+
+    def _with_changed(self, x: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return x.index_copy(1, self.changed_index, new)
+
+    def _conditioner_output(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._check(x)
+        if self.conditioner_input == "kept":
+            given = x.index_select(1, self.kept_index)
+        else:
+            given = x * self.mask
+        try:
+            out = self.net(given)
+        except RuntimeError as error:
+            if hasattr(error, "add_note"):  # Python 3.11 and later
+                error.add_note(self._conditioner_contract(tuple(given.shape)))
+            raise
+        written = len(self.changed_index) if self.conditioner_input == "kept" else x.shape[1]
+        if tuple(out.shape) != (x.shape[0], self.num_params * written):
+            raise ValueError(
+                f"{self._conditioner_contract(tuple(given.shape))} It returned shape {tuple(out.shape)}."
+            )
+        if self.conditioner_input == "masked":
+            out = out.index_select(1, self._changed_columns)
+        return out.chunk(self.num_params, dim=1)
+
+    def _conditioner_contract(self, given: tuple[int, ...]) -> str:
+        """What the conditioner receives and must return, for an error message."""
+        name, kept, changed = type(self).__name__, len(self.kept_index), len(self.changed_index)
+        what = "shifts" if self.num_params == 1 else "raw log-scales, then shifts,"
+        dim = kept + changed
+        if self.conditioner_input == "kept":
+            return (
+                f"{name}'s conditioner reads the {kept} kept coordinates x[:, mask], shape {given}, and must "
+                f"return shape (B, {self.num_params * changed}): the {what} of the {changed} changed ones. "
+                f"A network written for the whole masked input mask * x, (B, {dim}) -> "
+                f"(B, {self.num_params * dim}), needs conditioner_input='masked'."
+            )
+        return (
+            f"{name}'s conditioner (conditioner_input='masked') reads mask * x, shape {given}, and must "
+            f"return shape (B, {self.num_params * dim}): the {what} of all {dim} coordinates, "
+            f"as {self.num_params} block(s) of {dim}."
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, conditioner_input={self.conditioner_input!r}"
+
+
+class _Masked(_Coupling):
+    """Images ``(B, C, H, W)``: the conditioner reads ``mask * x`` and writes for every value.
+
+    The parameters it computes for the kept values are set to zero, which leaves those values
+    unchanged (a zero shift, a zero log-scale) and out of the log-determinant.
+    """
+
+    def _changed(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _with_changed(self, x: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return new
+
+    def _conditioner_output(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._check(x)
+        free = 1 - self.mask
+        return tuple(p * free for p in self.net(x * self.mask).chunk(self.num_params, dim=1))
+
+
+class _Additive(_Coupling):
     def forward(self, x):
-        z = x + self._shift(x)
+        (shift,) = self._conditioner_output(x)
+        z = self._with_changed(x, self._changed(x) + shift)
         return z, x.new_zeros(x.shape[0])
 
     def inverse(self, z):
-        # The masked part of z equals that of x, so the shift is the one forward added.
-        x = z - self._shift(z)
+        # The kept part of z equals that of x, so the shift is the one forward added.
+        (shift,) = self._conditioner_output(z)
+        x = self._with_changed(z, self._changed(z) - shift)
         return x, z.new_zeros(z.shape[0])
 
 
 class _Affine(_Coupling):
-    def __init__(self, mask: torch.Tensor, net: nn.Module, scale_bound: float | None):
-        super().__init__(mask, net)
+    num_params = 2
+
+    def __init__(self, mask: torch.Tensor, net: nn.Module, scale_bound: float | None, **kwargs):
+        super().__init__(mask, net, **kwargs)
         if scale_bound is not None and not scale_bound > 0:
             raise ValueError(f"scale_bound must be positive or None, got {scale_bound}")
         self.scale_bound = scale_bound
 
     def _scale_shift(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check(x)
-        free = 1 - self.mask
         # Two contiguous blocks, (log-scale, shift): no interleaved (strided) columns.
-        s_raw, t = self.net(x * self.mask).chunk(2, dim=1)
-        s = soft_clamp(s_raw, self.scale_bound) * free
-        return s, t * free
+        s_raw, t = self._conditioner_output(x)
+        return soft_clamp(s_raw, self.scale_bound), t
 
     def forward(self, x):
         s, t = self._scale_shift(x)
-        # On the masked part s = t = 0, so those coordinates come out exactly unchanged.
-        z = x * torch.exp(s) + t
+        z = self._with_changed(x, self._changed(x) * torch.exp(s) + t)
         return z, sum_except_batch(s)
 
     def inverse(self, z):
         s, t = self._scale_shift(z)
-        x = (z - t) * torch.exp(-s)
+        x = self._with_changed(z, (self._changed(z) - t) * torch.exp(-s))
         return x, -sum_except_batch(s)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, scale_bound={self.scale_bound}"
 
 
-class AdditiveCoupling(_Additive):
-    r"""NICE's additive coupling on ``(B, D)`` vectors: ``z = x + (1 - m) * t(m * x)``.
+class AdditiveCoupling(_Additive, _Gathered):
+    r"""NICE's additive coupling on ``(B, D)`` vectors: ``z_A = x_A``, ``z_B = x_B + t(x_A)``.
+
+    ``A`` holds the coordinates where ``mask`` is ``True`` (they pass unchanged), ``B`` the
+    others. The conditioner ``t`` reads the ``k`` kept coordinates, ``x[:, mask]`` of shape
+    ``(B, k)``, and returns the ``D - k`` shifts, ``(B, D - k)``. Written with the mask, the same
+    map is ``z = x + (1 - m) * t'(m * x)`` for a network ``t'`` of ``D`` inputs and outputs (see
+    ``conditioner_input``).
 
     Volume preserving (``log_det = 0``): a flow made only of these layers cannot change the
     density's overall scale, which is why NICE ends with a :class:`Scaling` layer.
 
     Args:
         mask: ``(D,)`` bool, ``True`` where coordinates pass unchanged (see the mask functions).
-        hidden: hidden sizes of the MLP conditioner ``(B, D) -> (B, D)``, an int or a tuple.
-        conditioner: a module ``(B, D) -> (B, D)`` to use instead of the MLP. Start it at zero
-            output (the MLP's last layer is zero) so that the layer starts as the identity.
+        hidden: hidden sizes of the MLP conditioner ``(B, k) -> (B, D - k)``, an int or a tuple.
+        conditioner: a module to use instead of the MLP, ``(B, k) -> (B, D - k)`` (or, with
+            ``conditioner_input="masked"``, ``(B, D) -> (B, D)``). Start it at zero output (the
+            MLP's last layer is zero) so that the layer starts as the identity.
+        conditioner_input: what a ``conditioner`` of your own reads: ``"kept"`` (the default,
+            as the MLP), the definition's ``x[:, mask]``; or ``"masked"``, ``mask * x`` of shape
+            ``(B, D)``, the mask form, whose network returns parameters for all ``D``
+            coordinates (those of the kept ones are ignored). A network of the wrong width
+            raises an error that says which shapes are expected.
     """
 
-    def __init__(self, mask: torch.Tensor, hidden=64, conditioner: nn.Module | None = None):
-        dim = torch.as_tensor(mask).numel()
-        super().__init__(mask, conditioner if conditioner is not None else MLP(dim, dim, hidden))
+    def __init__(
+        self,
+        mask: torch.Tensor,
+        hidden=64,
+        conditioner: nn.Module | None = None,
+        conditioner_input: str = "kept",
+    ):
+        if conditioner is None:
+            kept = _count_kept(mask)
+            conditioner = MLP(kept, torch.as_tensor(mask).numel() - kept, hidden)
+        super().__init__(mask, conditioner, conditioner_input=conditioner_input)
 
 
-class AffineCoupling(_Affine):
-    r"""RealNVP's affine coupling on ``(B, D)`` vectors.
+class AffineCoupling(_Affine, _Gathered):
+    r"""RealNVP's affine coupling on ``(B, D)`` vectors: ``z_A = x_A``, ``z_B = x_B * exp(s) + t``.
 
-    ``z = x * exp(s) + t`` on the coordinates where ``mask`` is ``False``, with
-    ``(s, t) = `` the conditioner applied to ``mask * x``; the masked coordinates pass unchanged.
-    ``log_det = sum(s)``. The log-scale is soft-clamped, ``s = scale_bound * tanh(s_raw /
-    scale_bound)`` (see :func:`soft_clamp`), so that no step can scale by more than
-    ``exp(scale_bound)`` either way.
+    ``A`` holds the coordinates where ``mask`` is ``True`` (they pass unchanged), ``B`` the
+    others. The conditioner reads the ``k`` kept coordinates, ``x[:, mask]`` of shape ``(B,
+    k)``, and returns ``(B, 2 (D - k))``: the raw log-scales, then the shifts, of the changed
+    coordinates, as two blocks. ``log_det = sum(s)``. The log-scale is soft-clamped, ``s =
+    scale_bound * tanh(s_raw / scale_bound)`` (see :func:`soft_clamp`), so that no step can scale
+    by more than ``exp(scale_bound)`` either way.
 
     Args:
         mask: ``(D,)`` bool, ``True`` where coordinates pass unchanged.
-        hidden: hidden sizes of the MLP conditioner ``(B, D) -> (B, 2 D)``.
+        hidden: hidden sizes of the MLP conditioner ``(B, k) -> (B, 2 (D - k))``.
         scale_bound: bound of the log-scale; ``None`` for an unbounded ``exp`` scale.
-        conditioner: a module ``(B, D) -> (B, 2 D)`` (log-scales then shifts, as two blocks)
-            to use instead of the MLP; start it at zero output.
+        conditioner: a module to use instead of the MLP, ``(B, k) -> (B, 2 (D - k))`` (or, with
+            ``conditioner_input="masked"``, ``(B, D) -> (B, 2 D)``: log-scales then shifts of
+            every coordinate); start it at zero output.
+        conditioner_input: what a ``conditioner`` of your own reads: ``"kept"`` (the default,
+            as the MLP), the definition's ``x[:, mask]``; or ``"masked"``, ``mask * x`` of shape
+            ``(B, D)``, the mask form, whose network returns parameters for all ``D``
+            coordinates (those of the kept ones are ignored). A network of the wrong width
+            raises an error that says which shapes are expected.
     """
 
     def __init__(
@@ -239,10 +378,12 @@ class AffineCoupling(_Affine):
         hidden=64,
         scale_bound: float | None = 3.0,
         conditioner: nn.Module | None = None,
+        conditioner_input: str = "kept",
     ):
-        dim = torch.as_tensor(mask).numel()
-        net = conditioner if conditioner is not None else MLP(dim, 2 * dim, hidden)
-        super().__init__(mask, net, scale_bound)
+        if conditioner is None:
+            kept = _count_kept(mask)
+            conditioner = MLP(kept, 2 * (torch.as_tensor(mask).numel() - kept), hidden)
+        super().__init__(mask, conditioner, scale_bound, conditioner_input=conditioner_input)
 
 
 def _image_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -259,7 +400,7 @@ def _image_mask(mask: torch.Tensor) -> torch.Tensor:
     )
 
 
-class ConvAdditiveCoupling(_Additive):
+class ConvAdditiveCoupling(_Additive, _Masked):
     r"""Additive coupling on images ``(B, C, H, W)`` with a convolutional conditioner.
 
     ``z = x + (1 - m) * t(m * x)``; ``log_det = 0``. The mask is spatial (``(H, W)``, e.g.
@@ -277,7 +418,7 @@ class ConvAdditiveCoupling(_Additive):
         super().__init__(_image_mask(mask), ConvNet(channels, channels, hidden, num_blocks))
 
 
-class ConvAffineCoupling(_Affine):
+class ConvAffineCoupling(_Affine, _Masked):
     r"""RealNVP's affine coupling on images ``(B, C, H, W)`` with a convolutional conditioner.
 
     The masked values (``True`` in ``mask``) pass unchanged and, with the others set to zero,

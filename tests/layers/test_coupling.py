@@ -145,12 +145,89 @@ def test_affine_log_det_never_exceeds_the_scale_bound():
 
 
 def test_custom_conditioner_and_float_mask():
+    # A network of the whole masked input (B, D) -> (B, 2 D), the mask form of the definition.
     net = torch.nn.Linear(4, 8)
-    layer = L.AffineCoupling(torch.tensor([1.0, 0.0, 1.0, 0.0]), conditioner=net)
+    layer = L.AffineCoupling(torch.tensor([1.0, 0.0, 1.0, 0.0]), conditioner=net, conditioner_input="masked")
     assert layer.net is net
     x = torch.randn(3, 4)
     z, _ = layer(x)
     assert torch.equal(z[:, [0, 2]], x[:, [0, 2]])
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a network and keeps the inputs it was given."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.inputs = net, []
+
+    def forward(self, v):
+        self.inputs.append(v.detach().clone())
+        return self.net(v)
+
+
+@pytest.mark.parametrize("kind", sorted(VECTOR_COUPLINGS))
+def test_conditioner_reads_the_kept_coordinates_and_writes_for_the_changed_ones(kind):
+    mask = L.random_mask(7, torch.Generator().manual_seed(4))  # 3 kept, 4 changed
+    layer = VECTOR_COUPLINGS[kind](mask)
+    first, last = layer.net[0], layer.net[-1]
+    params_per_value = 1 if kind == "additive" else 2
+    assert (first.in_features, last.out_features) == (3, params_per_value * 4)
+    layer.net = _Recorder(layer.net)
+    x = torch.randn(5, 7)
+    z, _ = layer(x)
+    layer.inverse(z)
+    assert [tuple(v.shape) for v in layer.net.inputs] == [(5, 3), (5, 3)]
+    torch.testing.assert_close(layer.net.inputs[0], x[:, mask], rtol=0, atol=0)
+    torch.testing.assert_close(layer.net.inputs[1], x[:, mask], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", sorted(VECTOR_COUPLINGS))
+def test_masked_conditioner_input_is_the_same_map_as_the_kept_one(kind):
+    """The mask form of the definition, a network of m * x whose outputs on A are ignored."""
+    mask = L.random_mask(6, torch.Generator().manual_seed(5))
+    kept_layer = _perturb(VECTOR_COUPLINGS[kind](mask)).double()
+    blocks = 1 if kind == "additive" else 2
+
+    class Widened(torch.nn.Module):  # (B, D) -> (B, blocks * D), junk in the columns of A
+        def forward(self, v):
+            assert torch.equal(v[:, ~mask], torch.zeros_like(v[:, ~mask]))
+            out = torch.full((v.shape[0], blocks, 6), 123.0, dtype=v.dtype)
+            out[:, :, ~mask] = kept_layer.net(v[:, mask]).view(v.shape[0], blocks, -1)
+            return out.flatten(1)
+
+    cls = L.AdditiveCoupling if kind == "additive" else L.AffineCoupling
+    masked_layer = cls(mask.double(), conditioner=Widened(), conditioner_input="masked")
+    x = torch.randn(9, 6, dtype=torch.float64)
+    for direction in ("forward", "inverse"):
+        out, log_det = getattr(kept_layer, direction)(x)
+        out_masked, log_det_masked = getattr(masked_layer, direction)(x)
+        torch.testing.assert_close(out_masked, out)
+        torch.testing.assert_close(log_det_masked, log_det)
+    # and both are the definition: z_A = x_A, z_B = x_B exp(s(x_A)) + t(x_A), computed here
+    params = kept_layer.net(x[:, mask]).view(9, blocks, -1)
+    s = L.soft_clamp(params[:, 0], 3.0) if blocks == 2 else torch.zeros_like(params[:, 0])
+    expected = x.clone()
+    expected[:, ~mask] = x[:, ~mask] * s.exp() + params[:, -1]
+    torch.testing.assert_close(kept_layer(x)[0], expected)
+    torch.testing.assert_close(kept_layer(x)[1], s.sum(1))
+
+
+def test_a_conditioner_of_the_wrong_width_gets_a_clear_error():
+    full_width = torch.nn.Linear(4, 8)  # written for m * x, given to the default "kept" input
+    layer = L.AffineCoupling(L.halves_mask(4), conditioner=full_width)
+    with pytest.raises(RuntimeError) as caught:
+        layer(torch.randn(3, 4))
+    if hasattr(caught.value, "add_note"):
+        assert "conditioner_input='masked'" in "\n".join(caught.value.__notes__)
+    too_wide = L.AdditiveCoupling(L.halves_mask(4), conditioner=torch.nn.Linear(2, 4))
+    with pytest.raises(ValueError, match=r"must return shape \(B, 2\).*returned shape \(3, 4\)"):
+        too_wide(torch.randn(3, 4))
+    masked = L.AffineCoupling(L.halves_mask(4), conditioner=torch.nn.Linear(4, 4), conditioner_input="masked")
+    with pytest.raises(ValueError, match=r"must return shape \(B, 8\)"):
+        masked(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="conditioner_input"):
+        L.AffineCoupling(L.halves_mask(4), conditioner_input="all")
 
 
 def test_bad_masks_and_inputs_are_rejected():
@@ -171,6 +248,12 @@ def test_random_mask_survives_state_dict():
     b = L.AffineCoupling(L.random_mask(8, torch.Generator().manual_seed(1)), hidden=4)
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.mask, b.mask)
+    # The indices of the kept and changed coordinates follow the loaded mask.
+    _perturb(a)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(5, 8)
+    assert torch.equal(b(x)[0], a(x)[0])
+    assert "kept_index" not in a.state_dict()
 
 
 def test_scaling_is_nice_diagonal_layer():
