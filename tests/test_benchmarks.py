@@ -195,10 +195,13 @@ def test_peers_runs_every_row_with_the_installed_libraries(tmp_path, keep_thread
         assert bool(row["ratios"]) == (len(expected) > 1)
         if row["ratios"]:
             assert set(row["ratios"]) == {"wall", "cpu"} and set(row["ratios"]["cpu"]) == {"train", "sample"}
-        if row["row"] != "glow":  # vectors: the same architecture, the same parameter count
+        if row["row"].startswith(("maf", "realnvp")):  # the same architecture, the same parameter count
             assert len(set(row["params"].values())) == 1, row["params"]
             assert row["networks_alone"]["wall"] > 0 and row["networks_alone"]["cpu"] > 0
             assert "networks alone" in table
+        elif row["row"].startswith("iresnet"):  # normflows adds a LipSwish on the input of each block
+            assert max(row["params"].values()) <= 1.1 * min(row["params"].values()), row["params"]
+            assert not row["networks_alone"]
     maf = report["rows"][0]
     assert any("normflows" in note for note in maf["notes"]) == ("normflows" in installed)
     assert "coursepkg / fastest peer" in capsys.readouterr().out
@@ -216,3 +219,72 @@ def test_peers_skips_missing_libraries(tmp_path, keep_threads, monkeypatch, caps
     assert "zuko is not installed: skipped" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.main(["--rows", "realnvp-3", "--out", str(tmp_path / "never.json")])
+
+
+def test_peers_kl_trains_every_kind_and_compares_with_the_best_peer(tmp_path, keep_threads, capsys):
+    bench = _load("peers")
+    installed = [name for name in bench.LIBRARIES if bench.available(name)]
+    out = tmp_path / "kl.json"
+    report = bench.main(
+        ["--kl", "--steps", "2", "--seeds", "2", "--batch", "16", "--hidden", "8", "--kl-samples", "200"]
+        + ["--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    table = out.with_suffix(".md").read_text()
+    rows = report["kl"]
+    assert {row["kind"] for row in rows} == set(bench.KL_KINDS)
+    entries = bench.kl_entries(8)
+    for kind in bench.KL_KINDS:
+        mine = [row for row in rows if row["kind"] == kind]
+        assert [row["label"] for row in mine] == [
+            label for label, (library, _) in entries[kind].items() if library in installed
+        ]
+        peers = [row for row in mine if row["library"] != "coursepkg"]
+        for row in mine:
+            assert row["label"] in table
+            for toy_name in bench.KL_TOYS:
+                result = row["toys"][toy_name]
+                assert len(result["kl"]) == 2 and all(0 < kl < 20 for kl in result["kl"])
+                assert result["median"] == pytest.approx(sum(result["kl"]) / 2)
+            if row["library"] != "coursepkg":
+                assert "ratios" not in row
+            elif not peers:
+                assert "ratios" not in row
+            else:  # the ratio to the best (lowest) median of the peers of the same kind
+                for toy_name, ratio in row["ratios"].items():
+                    best = min(peer["toys"][toy_name]["median"] for peer in peers)
+                    assert ratio["ratio"] == pytest.approx(row["toys"][toy_name]["median"] / best, abs=1e-3)
+                    assert ratio["meets"] == (ratio["ratio"] <= bench.GOAL)
+    # The peers' models have the course's architecture: parameter counts within 10%.
+    for kind in bench.KL_KINDS:
+        counts = [row["params"] for row in rows if row["kind"] == kind and row["label"] != "coursepkg"]
+        assert max(counts) <= 1.1 * min(counts), (kind, counts)
+    assert "best peer" in capsys.readouterr().out
+
+
+def test_peers_kl_skips_missing_libraries_and_rejects_unknown_kinds(tmp_path, keep_threads, monkeypatch):
+    bench = _load("peers")
+    monkeypatch.setattr(bench, "available", lambda name: name == "coursepkg")
+    report = bench.main(
+        ["--kl", "--kinds", "maf", "--toys", "checkerboard", "--steps", "1", "--seeds", "1", "--batch", "8"]
+        + ["--hidden", "4", "--kl-samples", "100", "--out", str(tmp_path / "kl.json")]
+    )
+    (row,) = report["kl"]
+    assert (row["kind"], row["library"], list(row["toys"])) == ("maf", "coursepkg", ["checkerboard"])
+    assert "ratios" not in row and "failed" not in row
+
+    # A run that diverges scores infinity and is named in the table; the benchmark goes on.
+    def diverge(*args, **kwargs):
+        raise bench.NonFiniteLossError("loss became nan at step 3", step=3)
+
+    monkeypatch.setattr(bench, "train", diverge)
+    out = tmp_path / "diverged.json"
+    (row,) = bench.main(
+        ["--kl", "--kinds", "maf", "--toys", "checkerboard", "--steps", "1", "--seeds", "1", "--batch", "8"]
+        + ["--hidden", "4", "--kl-samples", "100", "--out", str(out)]
+    )["kl"]
+    assert row["toys"]["checkerboard"]["median"] == float("inf")
+    assert row["failed"] == ["checkerboard seed 0: loss became nan at step 3"]
+    assert "diverged (KL counted as infinite): checkerboard seed 0" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        bench.main(["--kl", "--kinds", "glow", "--out", str(tmp_path / "never.json")])
