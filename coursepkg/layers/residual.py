@@ -7,8 +7,9 @@ Every linear map of the network ``g`` is spectrally normalised to a norm of at m
 - **inverse** by the fixed-point iteration ``x_{k+1} = z - g(x_k)``, a contraction whose
   error shrinks by ``Lip(g)`` per step;
 - **log-determinant** ``log det(I + J_g(x))`` (positive: the eigenvalues of ``J_g`` lie inside the
-  unit disc), either exactly (``log_det="exact"``: the per-sample Jacobian by ``torch.func``, then
-  ``slogdet``; ``O(D)`` backward passes and ``O(D^3)``, for small ``D``) or by the truncated power
+  unit disc), either exactly (``log_det="exact"``: every sample's Jacobian from one backward pass
+  over ``D`` stacked copies of the batch, then ``slogdet``; ``O(D)`` times the work of a pass
+  and ``O(D^3)``, for small ``D``) or by the truncated power
   series ``sum_{k=1}^n (-1)^{k+1} tr(J_g^k) / k`` with Hutchinson's estimator
   ``tr(A) ~ v^T A v`` (``log_det="series"``: ``n`` vector-Jacobian products per probe, never the
   Jacobian; biased by the truncation, random by the probes), or with Residual Flows'
@@ -245,13 +246,35 @@ class InvertibleResidual(Flow):
         """The residual ``g(x)``, shape ``(B, D)``."""
         return self._g(x, self.normalized_weights())
 
-    def _jacobian(self, x: torch.Tensor, weights) -> torch.Tensor:
-        """``J_g`` at each sample, ``(B, D, D)``."""
-        return func.vmap(func.jacrev(lambda xi: self._g(xi.unsqueeze(0), weights).squeeze(0)))(x)
+    def _g_and_jacobian(self, x: torch.Tensor, weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g(x), J_g(x))``, shapes ``(B, D)`` and ``(B, D, D)``.
 
-    def _exact_log_det(self, x: torch.Tensor, weights) -> torch.Tensor:
-        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        return torch.linalg.slogdet(eye + self._jacobian(x, weights)).logabsdet
+        One forward and one backward pass over ``D`` stacked copies of the batch: copy ``i`` gets
+        the cotangent ``e_i``, so its input gradient is row ``i`` of every sample's Jacobian, and
+        copy 0 is the batch itself, whose output is ``g(x)``. Under ``torch.func`` transforms
+        (the brute-force checks), where ``torch.autograd.grad`` does not run, ``jacrev`` instead.
+        """
+        if _under_function_transform(x):
+            g_x = self._g(x, weights)
+            jac = func.vmap(func.jacrev(lambda xi: self._g(xi.unsqueeze(0), weights).squeeze(0)))(x)
+            return g_x, jac
+        batch, dim = x.shape
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            copies = x.repeat(dim, 1)  # (D B, D)
+            if not copies.requires_grad:
+                copies = copies.detach().requires_grad_(True)
+            g_copies = self._g(copies, weights)
+            basis = torch.eye(dim, dtype=x.dtype, device=x.device).repeat_interleave(batch, dim=0)
+            (rows,) = torch.autograd.grad(g_copies, copies, basis, create_graph=create_graph)
+        g_x, jac = g_copies[:batch], rows.view(dim, batch, dim).transpose(0, 1)
+        if not create_graph:
+            g_x, jac = g_x.detach(), jac.detach()
+        return g_x, jac
+
+    def _exact_log_det(self, jac: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(self.dim, dtype=jac.dtype, device=jac.device)
+        return torch.linalg.slogdet(eye + jac).logabsdet
 
     def _probes(self, shape, like: torch.Tensor) -> torch.Tensor:
         if self.probe == "gaussian":
@@ -314,7 +337,8 @@ class InvertibleResidual(Flow):
         if self.log_det != "exact":
             g_x, log_det = self._series_log_det(x, weights)
             return x + g_x, log_det
-        return x + self._g(x, weights), self._exact_log_det(x, weights)
+        g_x, jac = self._g_and_jacobian(x, weights)
+        return x + g_x, self._exact_log_det(jac)
 
     def _tolerance(self, z: torch.Tensor) -> float:
         if self.tol is not None:
@@ -362,14 +386,15 @@ class InvertibleResidual(Flow):
             # One Newton step from the fixed point x*: at the root it changes x by rounding only,
             # but gives x the derivative (I + J_g)^{-1} with respect to z and the parameters.
             x_star = x.detach()
-            residual = x_star + self._g(x_star, weights) - z
+            g_star, jac_star = self._g_and_jacobian(x_star, weights)
+            residual = x_star + g_star - z
             eye = torch.eye(self.dim, dtype=z.dtype, device=z.device)
-            step = torch.linalg.solve(eye + self._jacobian(x_star, weights), residual.unsqueeze(-1))
+            step = torch.linalg.solve(eye + jac_star, residual.unsqueeze(-1))
             x = x_star - step.squeeze(-1)
         if self.log_det != "exact":
             _, log_det = self._series_log_det(x, weights)
         else:
-            log_det = self._exact_log_det(x, weights)
+            log_det = self._exact_log_det(self._g_and_jacobian(x, weights)[1])
         return x, -log_det
 
     def extra_repr(self) -> str:

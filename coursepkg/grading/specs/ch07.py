@@ -54,7 +54,7 @@ SET = ExerciseSet(
         "g",
         "_g",
         "normalized_weights",
-        "_jacobian",
+        "_g_and_jacobian",
         "_exact_log_det",
         "_series_log_det",
     )
