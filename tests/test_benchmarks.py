@@ -258,7 +258,8 @@ def test_peers_kl_trains_every_kind_and_compares_with_the_best_peer(tmp_path, ke
     # The peers' models have the course's architecture: parameter counts within 10%.
     for kind in bench.KL_KINDS:
         counts = [row["params"] for row in rows if row["kind"] == kind and row["label"] != "coursepkg"]
-        assert max(counts) <= 1.1 * min(counts), (kind, counts)
+        if counts:  # none where no peer is installed and coursepkg has one variant of the kind
+            assert max(counts) <= 1.1 * min(counts), (kind, counts)
     assert "best peer" in capsys.readouterr().out
 
 
