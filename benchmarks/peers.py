@@ -700,13 +700,7 @@ def main(argv=None) -> dict:
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "rows": results,
     }
-    table = markdown(report)
-    print("\n" + table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(table)
-    print(f"written to {args.out} and {args.out.with_suffix('.md')}")
-    return report
+    return _write(report, markdown(report), args.out)
 
 
 def _kl_main(args, argv, names: list[str], load_before) -> dict:
@@ -729,12 +723,16 @@ def _kl_main(args, argv, names: list[str], load_before) -> dict:
         "wall_seconds": round(time.perf_counter() - start),
         "kl": rows,
     }
-    table = kl_markdown(report)
+    return _write(report, kl_markdown(report), args.out)
+
+
+def _write(report: dict, table: str, out: Path) -> dict:
+    """Print the Markdown table and write it beside the JSON report."""
     print("\n" + table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(table)
-    print(f"written to {args.out} and {args.out.with_suffix('.md')}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(table)
+    print(f"written to {out} and {out.with_suffix('.md')}")
     return report
 
 
