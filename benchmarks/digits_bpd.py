@@ -80,6 +80,8 @@ def glow_model(args) -> torch.nn.Module:
         options["logit_alpha"] = args.logit_alpha
     if args.scale_bound is not None:
         options["scale_bound"] = args.scale_bound
+    if args.glow_dropout is not None:
+        options["dropout"] = args.glow_dropout
     return models.glow(SHAPE, **options)
 
 
@@ -171,6 +173,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--glow-layers", type=int, default=None, help="glow: steps per level")
     parser.add_argument("--glow-hidden", type=int, default=None, help="glow: conditioner channels")
     parser.add_argument("--glow-levels", type=int, default=None, help="glow: levels")
+    parser.add_argument("--glow-dropout", type=float, default=None, help="glow: conditioner dropout")
     parser.add_argument("--vector-layers", type=int, default=8, help="vector model: couplings")
     parser.add_argument("--vector-hidden", type=int, default=None, help="default: match the parameters")
     parser.add_argument("--out", type=Path, default=RESULTS / "digits_bpd.json")

@@ -187,12 +187,26 @@ class GlowNet(nn.Module):
         hidden: channels of the two hidden layers.
         zero_last: start the last convolution at zero, so a coupling layer built on this network
             starts as the identity map (Glow's ``Conv2dZeros``).
+        dropout: the probability of zeroing each hidden activation after the middle layer, in
+            training mode only (Flow++ regularises its couplings' networks this way). A coupling
+            with dropout is a different function at every training step, so its inverse only
+            undoes its forward pass in eval mode, where dropout is off.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, zero_last: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        zero_last: bool = True,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {hidden}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
         self.first = nn.Conv2d(in_channels, hidden, 3, padding=1)
         self.middle = nn.Conv2d(hidden, hidden, 1)
         self.last = nn.Conv2d(hidden, out_channels, 3, padding=1)
@@ -209,13 +223,14 @@ class GlowNet(nn.Module):
         h = x.permute(0, 2, 3, 1).reshape(b, height * width, c)  # (B, P, C_in), pixel-major
         h = torch.relu(conv3x3_pixels(h, self.first.weight, self.first.bias, height, width))
         h = torch.relu(F.linear(h, self.middle.weight.flatten(1), self.middle.bias))  # (B, P, hidden)
+        h = F.dropout(h, self.dropout, self.training)
         h = conv3x3_pixels(h, self.last.weight, self.last.bias, height, width)  # (B, P, C_out)
         return h.transpose(1, 2).reshape(b, self.last.out_channels, height, width)
 
     def conv_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The same function with the ``nn.Conv2d`` layers, in the ``(B, C, H, W)`` layout."""
         h = torch.relu(self.first(x))
-        h = torch.relu(self.middle(h))
+        h = F.dropout(torch.relu(self.middle(h)), self.dropout, self.training)
         return self.last(h)
 
 

@@ -472,6 +472,8 @@ class ChannelAffineCoupling(Flow):
         scale_bound: bound of the log-scale; ``None`` for an unbounded ``exp`` scale.
         conditioner: a module ``(B, kept, H, W) -> (B, 2 (C - kept), H, W)`` to use instead of
             the default; start it at zero output.
+        dropout: dropout in the default conditioner (see :class:`coursepkg.nets.GlowNet`),
+            active in training mode only.
     """
 
     def __init__(
@@ -481,6 +483,7 @@ class ChannelAffineCoupling(Flow):
         parity: int = 0,
         scale_bound: float | None = 3.0,
         conditioner: nn.Module | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__()
         _check_parity(parity)
@@ -493,7 +496,11 @@ class ChannelAffineCoupling(Flow):
         self.kept = channels // 2 if parity == 0 else channels - channels // 2
         self.scale_bound = scale_bound
         changed = channels - self.kept
-        self.net = conditioner if conditioner is not None else GlowNet(self.kept, 2 * changed, hidden)
+        self.net = (
+            conditioner
+            if conditioner is not None
+            else GlowNet(self.kept, 2 * changed, hidden, dropout=dropout)
+        )
 
     def _split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(kept, changed)`` as views of ``t``: no copy."""

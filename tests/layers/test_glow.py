@@ -9,6 +9,7 @@ import torch
 from coursepkg import Compose, models
 from coursepkg import layers as L
 from coursepkg.nets import GlowNet
+from coursepkg.testing import check_flow
 
 # ----------------------------------------------------------------------------------------------
 # ActNorm
@@ -291,3 +292,36 @@ def test_glow_bits_per_dim_and_sampling_work_as_for_realnvp():
     warm = model.sample(500, temperature=1.0)
     assert cold.shape == warm.shape == (500, 1, 4, 4)
     assert cold.std(0).mean() < warm.std(0).mean()  # a low temperature concentrates the samples
+
+
+def test_glow_conditioner_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    net = GlowNet(4, 8, hidden=16, zero_last=False, dropout=0.5)
+    x = torch.randn(3, 4, 4, 4)
+    net.train()
+    assert not torch.equal(net(x), net(x)), "training mode: a new dropout mask each call"
+    net.eval()
+    torch.testing.assert_close(net(x), net(x))
+    net.dropout = 0.0
+    reference = net(x)
+    net.dropout = 0.5
+    torch.testing.assert_close(net(x), reference, msg="eval mode: dropout is off")
+    # Both layouts (pixel-major and nn.Conv2d) agree in eval mode.
+    torch.testing.assert_close(net.conv_forward(x), reference)
+    for bad in (-0.1, 1.0, True, "0.2"):
+        with pytest.raises(ValueError, match="dropout must be a probability"):
+            GlowNet(4, 8, dropout=bad)
+
+
+def test_glow_with_dropout_is_an_exact_flow_in_eval_mode():
+    torch.manual_seed(0)
+    model = models.glow((1, 4, 4), num_layers=2, hidden=8, dropout=0.3)
+    couplings = [m for m in model.modules() if isinstance(m, L.ChannelAffineCoupling)]
+    assert couplings and all(c.net.dropout == 0.3 for c in couplings)
+    with torch.no_grad():  # make the couplings non-trivial: their last layers start at zero
+        for coupling in couplings:
+            coupling.net.last.weight.normal_(0, 0.1)
+    check_flow(model.transform.eval(), torch.rand(3, 1, 4, 4) * 0.9 + 0.05)
+    model.train()
+    x = torch.rand(5, 1, 4, 4) * 0.9 + 0.05
+    assert not torch.equal(model.log_prob(x), model.log_prob(x)), "dropout is on in training"
