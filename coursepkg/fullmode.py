@@ -77,13 +77,11 @@ PUBLISHED: dict[tuple[str, str], tuple[float, str]] = {
     ("glow", "mnist"): (1.05, "grathwohl2019ffjord"),
 }
 
-_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-
 
 def _levels(data: str) -> int:
-    from .data import DIGITS_LEVELS
+    from .data import CIFAR10_LEVELS, DIGITS_LEVELS, MNIST_LEVELS
 
-    return DIGITS_LEVELS if data == "digits" else 256
+    return {"digits": DIGITS_LEVELS, "mnist": MNIST_LEVELS, "cifar10": CIFAR10_LEVELS}[data]
 
 
 def _load(data: str, split: str, root: str, download: bool) -> torch.Tensor:
@@ -97,9 +95,10 @@ def _load(data: str, split: str, root: str, download: bool) -> torch.Tensor:
 
 def _build(model: str, data: str, options: dict) -> nn.Module:
     from . import models
+    from .data import image_shape
 
     builder = models.glow if model == "glow" else models.realnvp
-    return builder(_SHAPES[data], **options)
+    return builder(image_shape(data), **options)
 
 
 # -- the results file -------------------------------------------------------------------------
@@ -417,7 +416,7 @@ def _run(model, data, recipe, env, steps, batch_size, lr, max_seconds, clip_grad
         if max_seconds is not None and spent >= max_seconds:
             break
     seconds = seconds_before + (time.monotonic() - started)
-    if path is not None:
+    if path is not None and step % checkpoint_every:  # a last step on the period was just saved
         save()
     bpd = _test_bits_per_dim(flow, test_levels, num_levels, env)
     summary = {
