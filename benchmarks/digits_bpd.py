@@ -150,6 +150,48 @@ def train(model, name: str, data: dict, args) -> dict:
     }
 
 
+def train_plain(model, name: str, data: dict, args) -> dict:
+    """The loop a reader writes first: Adam at a constant ``--plain-lr``, no clipping, no schedule,
+    no validation; the parameters after ``--seconds`` of training are the ones scored."""
+    import time
+
+    deq = Dequantize(DIGITS_LEVELS)
+    reshape = (lambda x: x.flatten(1)) if name == "vector" else (lambda x: x)
+    train_x, test_x = reshape(data["train"]), reshape(data["test"])
+    generator = torch.Generator().manual_seed(args.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.plain_lr)
+    model.train()
+    steps, start = 0, time.perf_counter()
+
+    def more() -> bool:
+        return time.perf_counter() - start < args.seconds and (
+            args.max_steps is None or steps < args.max_steps
+        )
+
+    while more():
+        for index in torch.randperm(len(train_x), generator=generator).split(args.batch_size):
+            if len(index) < args.batch_size or not more():
+                break
+            loss = -model.log_prob(deq(train_x[index])).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+    elapsed = time.perf_counter() - start
+    test_bpd = nats_to_bpd(evaluate(model, test_x, preprocess=deq))
+    return {
+        "model": name,
+        "loop": "plain",
+        "params": num_params(model),
+        "steps": steps,
+        "seconds": round(elapsed, 1),
+        "steps_per_second": round(steps / elapsed, 2),
+        "best_step": steps,
+        "best_val_bpd": None,  # no validation in this loop
+        "test_bpd": round(test_bpd, 4),
+    }
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="wall-clock budget per model")
@@ -160,6 +202,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=4e-3, help="peak of the cosine schedule")
     parser.add_argument("--clip-grad", type=float, default=10.0)
+    parser.add_argument(
+        "--loop",
+        default="course",
+        choices=("course", "plain", "both"),
+        help="coursepkg.training.train (cosine, clipping, best validation), a plain Adam loop, or both",
+    )
+    parser.add_argument("--plain-lr", type=float, default=1e-3, help="plain loop: constant learning rate")
     parser.add_argument("--eval-every", type=int, default=25, help="steps between validations")
     parser.add_argument("--patience", type=int, default=None, help="validations without a new best")
     # Builder options; unset ones keep models.realnvp's defaults.
@@ -187,23 +236,28 @@ def main(argv=None) -> dict:
     for name in args.models.split(","):
         if name not in ("image", "vector", "glow"):
             parser.error(f"unknown model {name!r}; choose among image, vector, glow")
-        torch.manual_seed(args.seed)
-        if name == "image":
-            model = image_model(args)
-        elif name == "glow":
-            model = glow_model(args)
-        else:
-            model = vector_model(args, target)
-        results.append(train(model, name, data, args))
+        for loop in ("course", "plain") if args.loop == "both" else (args.loop,):
+            torch.manual_seed(args.seed)
+            if name == "image":
+                model = image_model(args)
+            elif name == "glow":
+                model = glow_model(args)
+            else:
+                model = vector_model(args, target)
+            if loop == "course":
+                results.append(dict(train(model, name, data, args), loop="course"))
+            else:
+                results.append(train_plain(model, name, data, args))
 
     print(
-        f"\n{'model':8s} {'params':>9s} {'steps':>6s} {'seconds':>8s} {'best step':>9s} "
+        f"\n{'model':8s} {'loop':6s} {'params':>9s} {'steps':>6s} {'seconds':>8s} {'best step':>9s} "
         f"{'val bpd':>8s} {'test bpd':>8s}"
     )
     for r in results:
+        val = "-" if r["best_val_bpd"] is None else f"{r['best_val_bpd']:.3f}"
         print(
-            f"{r['model']:8s} {r['params']:9d} {r['steps']:6d} {r['seconds']:8.1f} {r['best_step']:9d} "
-            f"{r['best_val_bpd']:8.3f} {r['test_bpd']:8.3f}"
+            f"{r['model']:8s} {r['loop']:6s} {r['params']:9d} {r['steps']:6d} {r['seconds']:8.1f} "
+            f"{r['best_step']:9d} {val:>8s} {r['test_bpd']:8.3f}"
         )
     report = {
         "benchmark": "digits_bpd",

@@ -177,7 +177,7 @@ def realnvp_normflows(dim: int, hidden: tuple[int, ...]) -> Built:
 
 
 def iresnet_coursepkg(dim: int, hidden: tuple[int, ...]) -> Built:
-    """``models.iresnet`` with LipSwish, normflows' activation (the course's default is ELU)."""
+    """``models.iresnet`` with LipSwish, normflows' activation (the course's default too)."""
     return _built(
         models.iresnet(dim, IRESNET_BLOCKS, hidden, coefficient=IRESNET_COEFFICIENT, activation="lipswish")
     )
@@ -448,7 +448,14 @@ def kl_entries(hidden: int) -> dict[str, dict[str, tuple[str, Callable[[], Built
                 "coursepkg",
                 lambda: _built(models.iresnet(2, IRESNET_BLOCKS, widths, coefficient=IRESNET_COEFFICIENT)),
             ),
-            "coursepkg lipswish": ("coursepkg", iresnet["coursepkg"]),
+            "coursepkg elu": (
+                "coursepkg",
+                lambda: _built(
+                    models.iresnet(
+                        2, IRESNET_BLOCKS, widths, coefficient=IRESNET_COEFFICIENT, activation="elu"
+                    )
+                ),
+            ),
             "normflows": ("normflows", iresnet["normflows"]),
         },
     }

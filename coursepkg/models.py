@@ -567,7 +567,7 @@ def iresnet(
     hidden: int | Sequence[int] = (64, 64),
     *,
     coefficient: float = 0.9,
-    activation: str = "elu",
+    activation: str = "lipswish",
     log_det: str | None = None,
     num_terms: int = 5,
     roulette_p: float = 0.5,
@@ -589,7 +589,9 @@ def iresnet(
         num_layers: residual blocks.
         hidden: hidden sizes of each block's network, an int (two layers) or a tuple.
         coefficient: the bound ``c`` in ``(0, 1)`` on each linear map's spectral norm.
-        activation: ``"elu"`` or ``"lipswish"`` (both 1-Lipschitz).
+        activation: ``"lipswish"`` (Residual Flows' choice, the default: its learned slope gave
+            lower KL divergences on the 2D toys than ``"elu"``, ``benchmarks/peers.py --kl``) or
+            ``"elu"``; both 1-Lipschitz.
         log_det: ``"exact"`` (brute-force ``slogdet``, exact ``log_prob``), ``"series"``
             (truncated power series with Hutchinson's estimator: ``log_prob`` is then a random
             estimate, biased by the truncation), ``"roulette"`` (Residual Flows' unbiased

@@ -41,6 +41,21 @@ def test_digits_bpd_runs_and_reports(tmp_path, keep_threads, capsys):
     assert "test bpd" in capsys.readouterr().out
 
 
+def test_digits_bpd_plain_loop_runs_without_validation(tmp_path, keep_threads, capsys):
+    bench = _load("digits_bpd")
+    out = tmp_path / "plain.json"
+    args = ["--models", "glow", "--loop", "both", "--max-steps", "2", "--threads", "1", "--eval-every", "1"]
+    report = bench.main(args + ["--glow-hidden", "8", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    course, plain = report["results"]
+    assert (course["loop"], plain["loop"]) == ("course", "plain")
+    assert plain["steps"] == 2 and plain["best_val_bpd"] is None and "curve" not in plain
+    assert course["params"] == plain["params"]
+    assert 0 < plain["test_bpd"] < 8
+    printed = capsys.readouterr().out
+    assert "plain" in printed and "course" in printed
+
+
 def test_glow_throughput_runs_and_reports(tmp_path, keep_threads, capsys):
     bench = _load("glow_throughput")
     out = tmp_path / "glow.json"

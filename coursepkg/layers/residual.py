@@ -7,8 +7,8 @@ Every linear map of the network ``g`` is spectrally normalised to a norm of at m
 - **inverse** by the fixed-point iteration ``x_{k+1} = z - g(x_k)``, a contraction whose
   error shrinks by ``Lip(g)`` per step;
 - **log-determinant** ``log det(I + J_g(x))`` (positive: the eigenvalues of ``J_g`` lie inside the
-  unit disc), either exactly (``log_det="exact"``: every sample's Jacobian from one backward pass
-  over ``D`` stacked copies of the batch, then ``slogdet``; ``O(D)`` times the work of a pass
+  unit disc), either exactly (``log_det="exact"``: every sample's Jacobian carried forward through
+  the network beside ``x`` (forward mode), then ``slogdet``; ``O(D)`` times the work of a pass
   and ``O(D^3)``, for small ``D``) or by the truncated power
   series ``sum_{k=1}^n (-1)^{k+1} tr(J_g^k) / k`` with Hutchinson's estimator
   ``tr(A) ~ v^T A v`` (``log_det="series"``: ``n`` vector-Jacobian products per probe, never the
@@ -28,7 +28,7 @@ import numbers
 from collections.abc import Sequence
 
 import torch
-from torch import func, nn
+from torch import nn
 from torch.nn import functional as F
 
 from ..core import Flow, _under_function_transform
@@ -48,6 +48,26 @@ class LipSwish(nn.Module):
 
     def forward(self, x):
         return x * torch.sigmoid(F.softplus(self.raw_beta) * x) / 1.1
+
+    def value_and_derivative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The activation and its slope, element-wise: with :math:`s = \sigma(\beta x)`,
+        :math:`(x s,\; s + \beta x\, s (1 - s)) / 1.1`."""
+        beta = F.softplus(self.raw_beta)
+        s = torch.sigmoid(beta * x)
+        value = x * s
+        return value / 1.1, (s + beta * value * (1 - s)) / 1.1
+
+
+class ELU(nn.ELU):
+    r"""``nn.ELU`` (``alpha = 1``, 1-Lipschitz) with its slope: ``1`` for ``x > 0``, else
+    :math:`e^x = \mathrm{elu}(x) + 1`."""
+
+    def __init__(self):
+        super().__init__(alpha=1.0)
+
+    def value_and_derivative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value = F.elu(x)
+        return value, torch.where(x > 0, torch.ones_like(x), value + 1)
 
 
 class SpectralLinear(nn.Module):
@@ -81,6 +101,7 @@ class SpectralLinear(nn.Module):
         self.bias = nn.Parameter(linear.bias.detach().clone())
         self.register_buffer("u", F.normalize(torch.randn(out_features), dim=0))
         self.register_buffer("v", F.normalize(torch.randn(in_features), dim=0))
+        self._eval_cache: tuple | None = None  # (key, normalised weight); see normalized_weight
         with torch.no_grad():
             self._power_method(30)
 
@@ -102,15 +123,28 @@ class SpectralLinear(nn.Module):
         return torch.linalg.matrix_norm(self.weight, ord=2)
 
     def normalized_weight(self) -> torch.Tensor:
-        """The weight as the layer uses it (advances the power method in training mode)."""
+        """The weight as the layer uses it (advances the power method in training mode).
+
+        In eval mode without gradients (sampling, evaluation) the result is cached until the
+        weight changes (an optimiser step, ``load_state_dict``, ``.to()``), since its exact
+        spectral norm costs an SVD.
+        """
+        weight = self.weight
+        cacheable = not (self.training or torch.is_grad_enabled() or _under_function_transform(weight))
+        if cacheable:
+            key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, self.coefficient)
+            if self._eval_cache is not None and self._eval_cache[0] == key:
+                return self._eval_cache[1]
         factor = torch.clamp(self.sigma() / self.coefficient, min=1.0)
-        return self.weight / factor
+        normalized = weight / factor
+        self._eval_cache = (key, normalized) if cacheable else None
+        return normalized
 
     def forward(self, x):
         return F.linear(x, self.normalized_weight(), self.bias)
 
 
-_ACTIVATIONS = {"elu": nn.ELU, "lipswish": LipSwish}
+_ACTIVATIONS = {"elu": ELU, "lipswish": LipSwish}
 _LOG_DETS = ("exact", "series", "roulette")
 
 #: The roulette estimator stops after this many terms beyond ``num_terms`` whatever the coins say.
@@ -167,7 +201,7 @@ class InvertibleResidual(Flow):
     ``inverse`` log-dets are opposite only in expectation), uses ``torch.autograd.grad`` (``create_graph`` when gradients
     are on) and so does not run under ``torch.func`` transforms: use ``"exact"`` for brute-force
     checks. When gradients are needed, ``inverse`` takes one Newton step from the fixed point,
-    which builds the Jacobian of ``g`` (``D`` backward passes): the result then depends on ``z``
+    which builds the Jacobian of ``g`` (carried forward beside ``x``, as in ``forward``): the result then depends on ``z``
     and the parameters with the exact derivative ``(I + J_g)^{-1}``.
     """
 
@@ -247,30 +281,26 @@ class InvertibleResidual(Flow):
         return self._g(x, self.normalized_weights())
 
     def _g_and_jacobian(self, x: torch.Tensor, weights) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(g(x), J_g(x))``, shapes ``(B, D)`` and ``(B, D, D)``.
+        r"""``(g(x), J_g(x))``, shapes ``(B, D)`` and ``(B, D, D)``, from one forward pass.
 
-        One forward and one backward pass over ``D`` stacked copies of the batch: copy ``i`` gets
-        the cotangent ``e_i``, so its input gradient is row ``i`` of every sample's Jacobian, and
-        copy 0 is the batch itself, whose output is ``g(x)``. Under ``torch.func`` transforms
-        (the brute-force checks), where ``torch.autograd.grad`` does not run, ``jacrev`` instead.
+        Forward mode, by the chain rule
+        :math:`J_g = W_L \,\mathrm{diag}(\phi'(h_{L-1}))\, W_{L-1} \cdots \mathrm{diag}(\phi'(h_1))\, W_1`:
+        the ``D`` derivatives with respect to the inputs travel through the network beside ``x``,
+        a linear map multiplying them by its weight and an activation by its slope at its input.
+        Training then differentiates this one pass, where a Jacobian taken by
+        ``torch.autograd.grad`` would have to be differentiated through its own backward pass.
         """
-        if _under_function_transform(x):
-            g_x = self._g(x, weights)
-            jac = func.vmap(func.jacrev(lambda xi: self._g(xi.unsqueeze(0), weights).squeeze(0)))(x)
-            return g_x, jac
-        batch, dim = x.shape
-        create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            copies = x.repeat(dim, 1)  # (D B, D)
-            if not copies.requires_grad:
-                copies = copies.detach().requires_grad_(True)
-            g_copies = self._g(copies, weights)
-            basis = torch.eye(dim, dtype=x.dtype, device=x.device).repeat_interleave(batch, dim=0)
-            (rows,) = torch.autograd.grad(g_copies, copies, basis, create_graph=create_graph)
-        g_x, jac = g_copies[:batch], rows.view(dim, batch, dim).transpose(0, 1)
-        if not create_graph:
-            g_x, jac = g_x.detach(), jac.detach()
-        return g_x, jac
+        h, tangents = x, None  # tangents[b, i, :] = d(current layer's output of sample b) / dx_i
+        last = len(self.linears) - 1
+        for i, (linear, weight) in enumerate(zip(self.linears, weights, strict=True)):
+            h = F.linear(h, weight, linear.bias)
+            # (D, H) at the first layer, then (B, D, H). Kept row-major so that F.linear folds
+            # (B, D) into one matrix product (a transposed layout falls back to a slow bmm).
+            tangents = weight.t().contiguous() if tangents is None else F.linear(tangents, weight)
+            if i < last:
+                h, slope = self.activations[i].value_and_derivative(h)
+                tangents = tangents * slope.unsqueeze(1)  # (B, D, H)
+        return h, tangents.transpose(1, 2)  # J[b, j, i] = dg_j / dx_i
 
     def _exact_log_det(self, jac: torch.Tensor) -> torch.Tensor:
         eye = torch.eye(self.dim, dtype=jac.dtype, device=jac.device)

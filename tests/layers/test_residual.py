@@ -224,3 +224,81 @@ def test_wrong_input_shape_names_the_expected_shape():
         layer(torch.randn(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"expects \(B, 4\)"):
         layer.inverse(torch.randn(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("activation", ["elu", "lipswish"])
+def test_activation_slopes_match_autograd(activation):
+    layer = L.InvertibleResidual(2, hidden=4, activation=activation).double()
+    act = layer.activations[0]
+    if activation == "lipswish":
+        with torch.no_grad():
+            act.raw_beta.fill_(0.7)
+    x = torch.linspace(-6, 6, 241, dtype=torch.float64, requires_grad=True)
+    value, slope = act.value_and_derivative(x)
+    (expected,) = torch.autograd.grad(act(x).sum(), x)
+    torch.testing.assert_close(value, act(x))
+    torch.testing.assert_close(slope, expected)
+
+
+@pytest.mark.parametrize("activation", ["elu", "lipswish"])
+def test_forward_mode_jacobian_matches_brute_force_with_gradients(activation):
+    """The Jacobian carried forward, and its log-det's gradient, against torch.autograd.functional."""
+    torch.manual_seed(1)
+    layer = L.InvertibleResidual(3, hidden=(16, 16), activation=activation).double().train()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    _, log_det = layer(x)
+    brute = torch.stack(
+        [
+            torch.linalg.slogdet(
+                torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], xi, create_graph=True)
+            ).logabsdet
+            for xi in x
+        ]
+    )
+    torch.testing.assert_close(log_det, brute)
+    params = [p for p in layer.parameters()]
+    # The last bias does not move the Jacobian: its gradients are zero.
+    grads = torch.autograd.grad(log_det.sum(), params, allow_unused=True, materialize_grads=True)
+    expected = torch.autograd.grad(brute.sum(), params, allow_unused=True, materialize_grads=True)
+    for g, e in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_the_eval_weight_cache_follows_the_weights():
+    """Without gradients in eval mode the normalised weights are cached; a step, a load and the
+    return to training all see the new weights."""
+    torch.manual_seed(2)
+    layer = L.InvertibleResidual(2, hidden=8, coefficient=0.5).double()
+    x = torch.randn(6, 2, dtype=torch.float64)
+
+    def output():
+        with torch.no_grad():
+            return layer.eval()(x)[0]
+
+    before = output()
+    torch.testing.assert_close(output(), before)
+    saved = {k: v.clone() for k, v in layer.state_dict().items()}
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    layer.train()
+    (layer(x)[0] ** 2).sum().backward()
+    optimizer.step()
+    after_step = output()
+    assert not torch.allclose(after_step, before)
+    with torch.no_grad():  # the cached weights are those of the new parameters
+        expected = x + layer._g(
+            x,
+            [
+                lin.weight / torch.clamp(torch.linalg.matrix_norm(lin.weight, 2) / 0.5, min=1)
+                for lin in layer.linears
+            ],
+        )
+    torch.testing.assert_close(after_step, expected)
+    layer.load_state_dict(saved)
+    torch.testing.assert_close(output(), before)
+    with torch.no_grad():
+        layer.linears[0].weight.add_(torch.randn_like(layer.linears[0].weight))  # an edit by hand
+    assert not torch.allclose(output(), before)
+    # With gradients enabled nothing is cached: the result carries the graph.
+    layer.eval()
+    z, _ = layer(x)
+    assert z.requires_grad
