@@ -101,7 +101,7 @@ class SpectralLinear(nn.Module):
         self.bias = nn.Parameter(linear.bias.detach().clone())
         self.register_buffer("u", F.normalize(torch.randn(out_features), dim=0))
         self.register_buffer("v", F.normalize(torch.randn(in_features), dim=0))
-        self._eval_cache: tuple | None = None  # (key, normalised weight); see normalized_weight
+        self._eval_cache: tuple | None = None  # (key, normalised weight, weight); see normalized_weight
         with torch.no_grad():
             self._power_method(30)
 
@@ -137,7 +137,9 @@ class SpectralLinear(nn.Module):
                 return self._eval_cache[1]
         factor = torch.clamp(self.sigma() / self.coefficient, min=1.0)
         normalized = weight / factor
-        self._eval_cache = (key, normalized) if cacheable else None
+        # The cache also holds the weight's storage, so that no other tensor can be given its
+        # address (the key's data_ptr) while the cached result lives.
+        self._eval_cache = (key, normalized, weight.detach()) if cacheable else None
         return normalized
 
     def forward(self, x):

@@ -302,3 +302,10 @@ def test_the_eval_weight_cache_follows_the_weights():
     layer.eval()
     z, _ = layer(x)
     assert z.requires_grad
+    # A change of dtype is a new weight: the cached float64 weight is not used in float32.
+    with torch.no_grad():
+        reference = layer(x)[0]
+        layer.float()
+        z32 = layer(x.float())[0]
+    assert z32.dtype == torch.float32
+    torch.testing.assert_close(z32.double(), reference, atol=1e-5, rtol=1e-5)
