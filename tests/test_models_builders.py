@@ -44,7 +44,8 @@ BUILDERS = {
         (3,),
     ),
     "glow": (lambda: models.glow((1, 4, 4), num_layers=2, hidden=4), (1, 4, 4)),
-    "iresnet-elu": (lambda: models.iresnet(3, num_layers=2, hidden=8), (3,)),
+    "iresnet-elu": (lambda: models.iresnet(3, num_layers=2, hidden=8, activation="elu"), (3,)),
+    "iresnet-default": (lambda: models.iresnet(3, num_layers=2, hidden=8), (3,)),
     "iresnet-lipswish-actnorm": (
         lambda: models.iresnet(2, num_layers=2, hidden=(8, 6), activation="lipswish", norm="actnorm"),
         (2,),
