@@ -35,6 +35,7 @@ import argparse
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -153,8 +154,6 @@ def train(model, name: str, data: dict, args) -> dict:
 def train_plain(model, name: str, data: dict, args) -> dict:
     """The loop a reader writes first: Adam at a constant ``--plain-lr``, no clipping, no schedule,
     no validation; the parameters after ``--seconds`` of training are the ones scored."""
-    import time
-
     deq = Dequantize(DIGITS_LEVELS)
     reshape = (lambda x: x.flatten(1)) if name == "vector" else (lambda x: x)
     train_x, test_x = reshape(data["train"]), reshape(data["test"])

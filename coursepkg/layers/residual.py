@@ -203,8 +203,8 @@ class InvertibleResidual(Flow):
     ``inverse`` log-dets are opposite only in expectation), uses ``torch.autograd.grad`` (``create_graph`` when gradients
     are on) and so does not run under ``torch.func`` transforms: use ``"exact"`` for brute-force
     checks. When gradients are needed, ``inverse`` takes one Newton step from the fixed point,
-    which builds the Jacobian of ``g`` (carried forward beside ``x``, as in ``forward``): the result then depends on ``z``
-    and the parameters with the exact derivative ``(I + J_g)^{-1}``.
+    which builds the Jacobian of ``g`` (carried forward beside ``x``, as in ``forward``): the
+    result then depends on ``z`` and the parameters with the exact derivative ``(I + J_g)^{-1}``.
     """
 
     def __init__(
