@@ -696,15 +696,8 @@ def main(argv=None) -> dict:
             flush=True,
         )
     report = {
-        "benchmark": "peers",
-        "command": "benchmarks/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "torch": torch.__version__,
-        "versions": {name: _version(name) for name in names},
+        **_provenance("peers", args, argv, names, load_before),
         "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "load_average_before": [round(v, 2) for v in load_before],
-        "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "rows": results,
     }
     return _write(report, markdown(report), args.out)
@@ -719,7 +712,17 @@ def _kl_main(args, argv, names: list[str], load_before) -> dict:
     )
     rows = run_kl(args, names)
     report = {
-        "benchmark": "peers_kl",
+        **_provenance("peers_kl", args, argv, names, load_before),
+        "wall_seconds": round(time.perf_counter() - start),
+        "kl": rows,
+    }
+    return _write(report, kl_markdown(report), args.out)
+
+
+def _provenance(benchmark: str, args, argv, names: list[str], load_before) -> dict:
+    """What a report records about its run: command, options, versions, machine and load."""
+    return {
+        "benchmark": benchmark,
         "command": "benchmarks/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "torch": torch.__version__,
@@ -727,10 +730,7 @@ def _kl_main(args, argv, names: list[str], load_before) -> dict:
         "machine": platform.processor() or platform.machine(),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "wall_seconds": round(time.perf_counter() - start),
-        "kl": rows,
     }
-    return _write(report, kl_markdown(report), args.out)
 
 
 def _write(report: dict, table: str, out: Path) -> dict:
