@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.nn import functional as F
 
 from ..core import Flow, _under_function_transform
@@ -68,6 +70,22 @@ class ELU(nn.ELU):
     def value_and_derivative(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         value = F.elu(x)
         return value, torch.where(x > 0, torch.ones_like(x), value + 1)
+
+
+def _value_and_slope(activation: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An element-wise activation and its slope at ``x``: its own closed form where it has one
+    (``value_and_derivative``), else by forward-mode differentiation along a tangent of ones
+    (an activation module of one's own, or one saved before the closed forms existed)."""
+    if hasattr(activation, "value_and_derivative"):
+        return activation.value_and_derivative(x)
+    with warnings.catch_warnings():
+        # torch's forward AD loads its decompositions with torch.jit.script on first use, which
+        # warns of that function's deprecation: torch's own business, not the caller's.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
+        with forward_ad.dual_level():
+            dual = activation(forward_ad.make_dual(x, torch.ones_like(x)))
+            value, slope = forward_ad.unpack_dual(dual)
+    return value, slope
 
 
 class SpectralLinear(nn.Module):
@@ -300,7 +318,7 @@ class InvertibleResidual(Flow):
             # (B, D) into one matrix product (a transposed layout falls back to a slow bmm).
             tangents = weight.t().contiguous() if tangents is None else F.linear(tangents, weight)
             if i < last:
-                h, slope = self.activations[i].value_and_derivative(h)
+                h, slope = _value_and_slope(self.activations[i], h)
                 tangents = tangents * slope.unsqueeze(1)  # (B, D, H)
         return h, tangents.transpose(1, 2)  # J[b, j, i] = dg_j / dx_i
 

@@ -309,3 +309,25 @@ def test_the_eval_weight_cache_follows_the_weights():
         z32 = layer(x.float())[0]
     assert z32.dtype == torch.float32
     torch.testing.assert_close(z32.double(), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_an_activation_without_a_closed_form_slope_still_gets_an_exact_log_det():
+    """A 1-Lipschitz element-wise activation of one's own (here tanh) in place of ELU."""
+    torch.manual_seed(3)
+    layer = L.InvertibleResidual(3, hidden=(16, 16)).double().train()
+    layer.activations = torch.nn.ModuleList(torch.nn.Tanh() for _ in layer.activations)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    _, log_det = layer(x)
+    brute = torch.stack(
+        [
+            torch.linalg.slogdet(
+                torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], xi, create_graph=True)
+            ).logabsdet
+            for xi in x
+        ]
+    )
+    torch.testing.assert_close(log_det, brute)
+    weight = layer.linears[0].weight
+    torch.testing.assert_close(
+        torch.autograd.grad(log_det.sum(), weight)[0], torch.autograd.grad(brute.sum(), weight)[0]
+    )
