@@ -16,8 +16,10 @@ Models (same optimiser, batch size, schedule and budget):
   alternating masks; the same Logit and norm layer as the image model), its MLP width chosen so
   that it has about as many parameters as the image model;
 - ``glow``: ``models.glow((1, 8, 8))`` with its defaults (``--glow-*`` options change them):
-  Logit, two levels of squeeze and 4 steps of ActNorm, LU 1x1 convolution and channel
-  coupling, with the learned prior of the factored-out half.
+  a per-pixel histogram layer (``HistogramCDF``, 16 bins) and Logit, two levels of squeeze and 4
+  steps of ActNorm, LU 1x1 convolution and channel coupling (conditioners with dropout 0.3 of
+  their hidden channels), with the learned prior of the factored-out half.
+  ``--glow-histogram-bins 0 --glow-dropout 0`` gives the paper's Glow.
 
 Usage::
 
@@ -83,6 +85,8 @@ def glow_model(args) -> torch.nn.Module:
         options["scale_bound"] = args.scale_bound
     if args.glow_dropout is not None:
         options["dropout"] = args.glow_dropout
+    if args.glow_histogram_bins is not None:
+        options["histogram_bins"] = args.glow_histogram_bins or None  # 0: no histogram layer
     return models.glow(SHAPE, **options)
 
 
@@ -222,6 +226,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--glow-hidden", type=int, default=None, help="glow: conditioner channels")
     parser.add_argument("--glow-levels", type=int, default=None, help="glow: levels")
     parser.add_argument("--glow-dropout", type=float, default=None, help="glow: conditioner dropout")
+    parser.add_argument(
+        "--glow-histogram-bins",
+        type=int,
+        default=None,
+        help="glow: bins of the per-pixel histogram (0: none)",
+    )
     parser.add_argument("--vector-layers", type=int, default=8, help="vector model: couplings")
     parser.add_argument("--vector-hidden", type=int, default=None, help="default: match the parameters")
     parser.add_argument("--out", type=Path, default=RESULTS / "digits_bpd.json")

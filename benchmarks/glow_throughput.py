@@ -5,7 +5,9 @@ coupling whose conditioner has 64 hidden channels, 3x3-1x1-3x3 convolutions), a 
 first, batch 64 of dequantized 8x8 digits. Each library builds the same architecture with its
 own layers:
 
-- ``coursepkg``: ``models.glow((1, 8, 8), num_layers=4, hidden=64, num_levels=2)``;
+- ``coursepkg``: ``models.glow((1, 8, 8), num_layers=4, hidden=64, num_levels=2,
+  histogram_bins=None, dropout=0.0)``: the paper's Glow, without the builder's two additions
+  (a per-pixel histogram layer and conditioner dropout), which the peers do not have;
 - ``normflows`` (optional): ``MultiscaleFlow`` of ``GlowBlock(channels, 64)`` and ``Squeeze``
   per level, a ``GlowBase`` prior per level, ``transforms.Logit`` (the library's Glow example);
 - ``nflows`` (optional): ``MultiscaleCompositeTransform`` of ``SqueezeTransform`` and
@@ -62,7 +64,15 @@ def num_params(model: torch.nn.Module) -> int:
 
 
 def build_coursepkg(levels: int, steps: int, hidden: int):
-    model = models.glow(SHAPE, num_layers=steps, hidden=hidden, num_levels=levels, logit_alpha=LOGIT_ALPHA)
+    model = models.glow(
+        SHAPE,
+        num_layers=steps,
+        hidden=hidden,
+        num_levels=levels,
+        logit_alpha=LOGIT_ALPHA,
+        histogram_bins=None,  # the peers' architecture: the paper's Glow
+        dropout=0.0,
+    )
     return model, (lambda x: -model.log_prob(x).mean()), (lambda n: model.sample(n))
 
 

@@ -56,6 +56,26 @@ def test_digits_bpd_plain_loop_runs_without_validation(tmp_path, keep_threads, c
     assert "plain" in printed and "course" in printed
 
 
+def test_digits_bpd_glow_options_reach_the_builder():
+    import argparse
+
+    from coursepkg import layers as L
+    from coursepkg.nets import GlowNet
+
+    bench = _load("digits_bpd")
+    names = ("glow_layers", "glow_hidden", "glow_levels", "glow_dropout", "glow_histogram_bins")
+    names += ("logit_alpha", "scale_bound")
+    defaults = dict.fromkeys(names)
+    default = bench.glow_model(argparse.Namespace(**defaults))
+    assert isinstance(default.transform[0], L.HistogramCDF)
+    paper = bench.glow_model(argparse.Namespace(**dict(defaults, glow_histogram_bins=0, glow_dropout=0.0)))
+    assert isinstance(paper.transform[0], L.Logit)
+    assert all(net.dropout == 0 for net in paper.modules() if isinstance(net, GlowNet))
+    assert sum(p.numel() for p in paper.parameters()) == 76_172  # the paper's Glow of the peers' table
+    wider = bench.glow_model(argparse.Namespace(**dict(defaults, glow_histogram_bins=32)))
+    assert wider.transform[0].num_bins == 32
+
+
 def test_glow_throughput_runs_and_reports(tmp_path, keep_threads, capsys):
     bench = _load("glow_throughput")
     out = tmp_path / "glow.json"

@@ -80,7 +80,7 @@ def _build(name, seed=0):
 
 def _inputs(model, shape, n=3, dtype=torch.float32):
     torch.manual_seed(1)
-    if isinstance(model.transform[0], L.Logit):  # images, say: values in (0, 1)
+    if isinstance(model.transform[0], (L.Logit, L.HistogramCDF)):  # pixels: values in (0, 1)
         return torch.rand(n, *shape, dtype=dtype).clamp(0.02, 0.98)
     return torch.randn(n, *shape, dtype=dtype)
 

@@ -17,7 +17,7 @@ from .coupling import (
     random_mask,
     soft_clamp,
 )
-from .elementwise import ElementwiseAffine, Logit, PiecewiseLinear, Sigmoid
+from .elementwise import ElementwiseAffine, HistogramCDF, Logit, PiecewiseLinear, Sigmoid
 from .linear import Conv1x1, Linear, LUConv1x1, LULinear, Permutation, Reverse
 from .multiscale import MultiScale, SplitPrior
 from .planar import Planar
@@ -36,6 +36,7 @@ __all__ = [
     "ConvAdditiveCoupling",
     "ConvAffineCoupling",
     "ElementwiseAffine",
+    "HistogramCDF",
     "Linear",
     "Logit",
     "InvertibleResidual",

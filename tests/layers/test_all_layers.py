@@ -152,7 +152,11 @@ def test_vector_layer(name):
 
 
 # Layers defined on the unit interval (images scaled to [0, 1]).
-UNIT_INTERVAL_LAYERS = {"Logit": lambda: L.Logit(alpha=0.05)}
+UNIT_INTERVAL_LAYERS = {
+    "Logit": lambda: L.Logit(alpha=0.05),
+    # Perturbed: a new HistogramCDF is the identity (every bin has probability 1/K).
+    "HistogramCDF": _perturbed(lambda: L.HistogramCDF((1, 3, 3), num_bins=5, scale=2.0)),
+}
 
 
 @pytest.mark.parametrize("name", sorted(UNIT_INTERVAL_LAYERS))

@@ -200,12 +200,12 @@ def _normal_log_prob(x, mean, log_std):
 def test_log_prob_includes_the_learned_prior_of_the_factored_out_half():
     # Glow's likelihood written out: the factored-out half has density N(mu(y_keep), sigma^2).
     model = _perturb(models.glow((1, 4, 4), num_layers=2, hidden=4).double().eval())
-    logit, level = model.transform
+    *front, level = model.transform  # HistogramCDF and Logit, then the levels
     prior = level.steps[-1]
     assert isinstance(prior, L.SplitPrior)
     x = torch.rand(5, 1, 4, 4, dtype=torch.float64).clamp(0.02, 0.98)
     with torch.no_grad():
-        h, log_det = logit(x)
+        h, log_det = Compose(*front)(x)
         y, steps_log_det = Compose(*level.steps[:-1])(h)  # everything but the prior
         y_keep, y_out = y[:, :2], y[:, 2:]
         z_inner, inner_log_det = level.inner(y_keep)
@@ -253,21 +253,32 @@ def test_split_prior_is_the_identity_at_initialisation_and_glow_latents_skip_dee
     x = torch.rand(3, 1, 4, 4)
     with torch.no_grad():
         z, _ = model.transform(x)
-        logit, level = model.transform
-        y, _ = level.steps(logit(x)[0])
+        *front, level = model.transform
+        y, _ = level.steps(Compose(*front)(x)[0])
     assert torch.equal(L.squeeze(z)[:, 2:], y[:, 2:])
 
 
 def test_glow_structure():
     model = models.glow((1, 8, 8))
-    logit, level = model.transform
+    histogram, logit, level = model.transform
+    assert isinstance(histogram, L.HistogramCDF) and histogram.num_bins == 16
+    assert histogram.shape == (1, 8, 8)
     assert isinstance(logit, L.Logit) and isinstance(level, L.MultiScale)
+    couplings = [m for m in model.modules() if isinstance(m, L.ChannelAffineCoupling)]
+    assert len(couplings) == 8 and all(c.net.dropout == 0.3 for c in couplings)
     assert isinstance(level.inner, L.MultiScale) and level.inner.inner is None
     steps = list(level.steps)
     assert isinstance(steps[0], L.Squeeze) and isinstance(steps[-1], L.SplitPrior)
     kinds = [type(layer) for layer in steps[1:-1]]
     assert kinds == [L.ActNorm, L.LUConv1x1, L.ChannelAffineCoupling] * 4
     assert not any(isinstance(layer, L.SplitPrior) for layer in level.inner.steps)
+    # The paper's model: no histogram layer, no dropout.
+    paper = models.glow((1, 8, 8), histogram_bins=None, dropout=0.0)
+    assert [type(layer) for layer in paper.transform] == [L.Logit, L.MultiScale]
+    assert all(m.dropout == 0 for m in paper.modules() if isinstance(m, GlowNet))
+    # Without the Logit the model takes unbounded data: no histogram layer either.
+    (level,) = models.glow((1, 8, 8), logit=False, histogram_bins=32).transform
+    assert isinstance(level, L.MultiScale)
     plain = models.glow((1, 8, 8), conv1x1="plain", split_prior=False)
     assert any(isinstance(m, L.Conv1x1) for m in plain.modules())
     assert not any(isinstance(m, (L.SplitPrior, L.LUConv1x1)) for m in plain.modules())
@@ -311,6 +322,27 @@ def test_glow_conditioner_dropout_acts_in_training_only():
     for bad in (-0.1, 1.0, True, "0.2"):
         with pytest.raises(ValueError, match="dropout must be a probability"):
             GlowNet(4, 8, dropout=bad)
+
+
+@pytest.mark.parametrize("layout", ["pixels", "conv"])
+def test_glow_conditioner_dropout_drops_whole_channels(layout):
+    # The last layer made the identity on the hidden channels: the output is the dropped-out h.
+    torch.manual_seed(1)
+    net = GlowNet(4, 16, hidden=16, zero_last=False, dropout=0.5)
+    with torch.no_grad():
+        net.last.weight.zero_()
+        net.last.weight[:, :, 1, 1] = torch.eye(16)
+        net.last.bias.zero_()
+    run = net if layout == "pixels" else net.conv_forward
+    x = torch.randn(8, 4, 4, 4)
+    net.eval()
+    h = run(x)  # nothing dropped
+    net.train()
+    dropped = run(x)  # (8, 16, 4, 4)
+    kept = (dropped != 0).flatten(2).any(2)  # (image, channel): kept somewhere
+    torch.testing.assert_close(dropped, h * kept[:, :, None, None] / 0.5)
+    alive = (h != 0).flatten(2).any(2)
+    assert 0.2 < kept[alive].float().mean() < 0.8  # about half of the channels dropped
 
 
 def test_glow_with_dropout_is_an_exact_flow_in_eval_mode():
