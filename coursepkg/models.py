@@ -511,8 +511,9 @@ def glow(
 
     With both (77k parameters), the digits reach 1.92-1.94 test bits/dim in a minute of
     ``coursepkg.training.train`` and 1.92-1.95 with a plain Adam loop at a constant learning rate
-    of 1e-3 (three seeds, two cores; ``benchmarks/README.md``). Because of the dropout, a model in training mode is a different function at
-    every call: evaluate, sample and check it in eval mode (``coursepkg.training`` does).
+    of 1e-3 (three seeds, two cores; ``benchmarks/README.md``). Because of the dropout, a model
+    in training mode is a different function at every call: evaluate, sample and check it in
+    eval mode (``coursepkg.training`` does).
     ``H`` and ``W`` must be divisible by ``2 ** num_levels``.
 
     Args:

@@ -191,9 +191,9 @@ class HistogramCDF(Flow):
     model of independent pixels with one histogram each (its bits/dim are the mean entropy of
     those histograms); put before :class:`Logit` at the front of an image flow, it hands the
     couplings pixels whose marginals are already about uniform, whatever their position (the
-    border of a digit is almost always background, its centre rarely), and the couplings spend
-    their capacity on how pixels depend on each other. Within a bin the map is linear, so the
-    uniform noise of dequantization stays uniform.
+    leftmost and rightmost columns of a digit are almost always background, its centre rarely),
+    and the couplings spend their capacity on how pixels depend on each other. Within a bin the
+    map is linear, so the uniform noise of dequantization stays uniform.
 
     **Parameters.** ``p_i = m + (1 - K m) softmax(scale * logits_i)``: every bin keeps at least the
     probability ``m = min_probability`` (as the splines of nflows keep a minimal bin width), so
