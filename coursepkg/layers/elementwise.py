@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core import Flow, _check_float_tensor, _check_pixel_scale
-from ._utils import sum_except_batch
+from ._utils import _check_count, sum_except_batch
 
 __all__ = ["ElementwiseAffine", "HistogramCDF", "Logit", "Sigmoid", "PiecewiseLinear"]
 
@@ -234,8 +234,7 @@ class HistogramCDF(Flow):
     ):
         super().__init__()
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-            raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
+        num_bins = _check_count(num_bins, "num_bins")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         if (
@@ -281,14 +280,15 @@ class HistogramCDF(Flow):
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         """Set the probabilities to the histograms of the batch ``x`` (values in ``[0, 1]``), one count added per bin."""
-        flat = self._flat(x, "initialize").to(self.logits.dtype)
+        flat = self._flat(x, "initialize")  # binned in its own dtype, as forward bins it
         inside = (flat >= 0) & (flat <= 1)
         bins = (flat * self.num_bins).floor().clamp(0, self.num_bins - 1).long() + self._offsets(flat)
         counts = torch.bincount(bins[inside], minlength=flat.shape[1] * self.num_bins).view_as(self.logits)
-        target = (counts + 1.0) / (counts + 1.0).sum(-1, keepdim=True)  # (*shape, K)
+        counts = counts.to(self.logits.dtype) + 1  # one extra count per bin
+        target = counts / counts.sum(-1, keepdim=True)  # (*shape, K)
         m = self.min_probability
         softmax = ((target - m) / (1 - self.num_bins * m)).clamp_min(1e-12)  # what softmax must give
-        self.logits.copy_(torch.log(softmax).to(self.logits.dtype) / self.scale)
+        self.logits.copy_(torch.log(softmax) / self.scale)
         self.initialized.fill_(True)
         self._known_initialized = True
 

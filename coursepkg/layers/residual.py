@@ -34,6 +34,7 @@ from torch.autograd import forward_ad
 from torch.nn import functional as F
 
 from ..core import Flow, _under_function_transform
+from ._utils import _check_count
 
 __all__ = ["InvertibleResidual", "LipSwish", "SpectralLinear"]
 
@@ -179,12 +180,6 @@ def _check_real(value, name: str, low: float, high: float | None = None) -> floa
         bounds = f"in ({low:g}, {high:g})" if high is not None else f"> {low:g}"
         raise ValueError(f"{name} must be {bounds}, got {value!r}")
     return float(value)
-
-
-def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 class InvertibleResidual(Flow):
