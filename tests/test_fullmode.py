@@ -72,7 +72,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     assert np.max(np.abs(a - b)) < 0.05, f"loss curves differ: {np.abs(a - b).max():.3g} nats"
     # The first batch is the one the data-dependent layers (ActNorm, the histograms) were fitted
     # to, so it scores better than the next ones: the fall is measured from steps 2-5.
-    assert a[-4:].mean() < a[1:5].mean() - 2, f"the loss falls: {a.round(1)}"
+    assert a[-4:].mean() < a[1:5].mean() - 5, f"the loss falls: {a.round(1)}"  # measured: 5.5 nats
     # Only the first process writes the checkpoint, and one process can resume it.
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".pt", ".tmp")) == ["ckpt.pt"]
     resumed = _single(tmp_path, STEPS + 4, checkpoint=checkpoint)
